@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny checkpoints built from real transformers configs, and real mp4 files."""
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from minirl.tiny import build_tiny_model
+
+CORPUS = [
+    "What colour was the square that appeared first? A. red B. green C. blue D. yellow",
+    "At 3.5s a red square appears top-left. At 7.0s a blue circle appears. So the answer is B.",
+    "Think step by step inside <think> </think>, then give the letter inside <answer> </answer>.",
+] * 20
+
+# An odd config: one KV head, head_dim 24, tied embeddings, 3 vision heads.
+ODD = dict(hidden=72, layers=3, heads=3, kv_heads=1, ffn=100, v_hidden=48, v_depth=3, v_heads=2)
+
+
+def write_mp4(path, frames: np.ndarray, fps: float = 4.0):
+    """Write uint8 frames (T, H, W, 3) as an H.264 mp4 with PyAV."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), CORPUS, size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def odd_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("odd"), CORPUS, size=ODD, seed=1, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def mp4_path(tmp_path_factory):
+    """A 12-frame 56x84 video: moving coloured blocks on noise, so every frame differs."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 60, size=(12, 56, 84, 3), dtype=np.uint8)
+    for t in range(12):
+        frames[t, 8:28, 4 + 5 * t: 24 + 5 * t, t % 3] = 230
+    return write_mp4(tmp_path_factory.mktemp("video") / "clip.mp4", frames)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
