@@ -417,11 +417,11 @@ def load_model(path, dtype=torch.float32, device="cpu") -> QwenVL:
     return model.to(device=device, dtype=dtype)
 
 
-def hf_state_dict(model: QwenVL) -> dict[str, torch.Tensor]:
-    """Our parameters under transformers 5's Qwen2.5-VL keys (`model.language_model.*`, ...)."""
+def hf_state_dict(model: QwenVL, state: dict | None = None) -> dict[str, torch.Tensor]:
+    """Our parameters (or `state`, in our key names) under transformers 5's Qwen2.5-VL keys."""
     text_prefix = "model.language_model." if model.visual is not None else "model."
     out = {}
-    for k, v in model.state_dict().items():
+    for k, v in (model.state_dict() if state is None else state).items():
         if k.startswith("visual."):
             out["model." + k] = v
         elif k.startswith("lm_head."):
@@ -432,11 +432,15 @@ def hf_state_dict(model: QwenVL) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_pretrained(model: QwenVL, path, max_shard_bytes: int = 5 * 2**30):
-    """Write config.json + safetensors (sharded with an index when large) that transformers loads."""
+def save_pretrained(model: QwenVL, path, max_shard_bytes: int = 5 * 2**30, state_dict: dict | None = None):
+    """Write config.json + safetensors (sharded with an index when large) that transformers loads.
+
+    `state_dict` (our key names) overrides the model's own tensors, e.g. a full state dict
+    gathered from an FSDP-sharded model.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in hf_state_dict(model).items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in hf_state_dict(model, state_dict).items()}
     shards, current, size = [], {}, 0
     for k, v in state.items():
         nbytes = v.numel() * v.element_size()
@@ -457,5 +461,5 @@ def save_pretrained(model: QwenVL, path, max_shard_bytes: int = 5 * 2**30):
         total = sum(v.numel() * v.element_size() for v in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    model.hf_config.dtype = str(model.dtype).removeprefix("torch.")
+    model.hf_config.dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
     model.hf_config.save_pretrained(path)

@@ -1,0 +1,116 @@
+"""Dataclass configs with a YAML/JSON file and `--section.key value` command-line overrides.
+
+A config is a dataclass whose fields are dataclasses (sections) of plain values. Overrides are
+written `--rollout.n 8`, or `--n 8` when the key names exactly one field; a file given with
+`--config run.yaml` is applied first, then the command line. Unknown or ambiguous keys are
+errors naming the key and the known ones: a typo must never be silently ignored.
+"""
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+
+def _field_type(tp):
+    """The concrete type to parse a value into (unwrapping `X | None`)."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _parse_value(text, tp, key):
+    tp = _field_type(tp)
+    if not isinstance(text, str):
+        return text
+    if text.lower() in ("none", "null") and tp is not str:
+        return None
+    try:
+        if tp is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if tp in (int, float, str):
+            return tp(text)
+        return json.loads(text)  # lists / dicts
+    except ValueError as err:
+        raise ValueError(f"--{key}: cannot parse {text!r} as {getattr(tp, '__name__', tp)}") from err
+
+
+def _index(cfg) -> dict[str, tuple[object, dataclasses.Field]]:
+    """'section.key' -> (section object, field)."""
+    out = {}
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        for f in dataclasses.fields(obj):
+            out[f"{section.name}.{f.name}"] = (obj, f)
+    return out
+
+
+def set_value(cfg, key: str, value):
+    """Set `section.key` (or an unambiguous bare `key`) from a string or a parsed value."""
+    index = _index(cfg)
+    key = key.replace("-", "_")
+    if key not in index:
+        matches = [k for k in index if k.split(".", 1)[1] == key]
+        if len(matches) != 1:
+            why = "is ambiguous between " + ", ".join(matches) if matches else "is not a config key"
+            raise ValueError(f"--{key} {why}; known keys: {', '.join(sorted(index))}")
+        key = matches[0]
+    obj, f = index[key]
+    setattr(obj, f.name, _parse_value(value, f.type, key))
+
+
+def load_file(cfg, path):
+    """Apply a YAML or JSON file of {section: {key: value}} (or flat {"section.key": value})."""
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    for section, values in data.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                set_value(cfg, f"{section}.{key}", value)
+        else:
+            set_value(cfg, section, values)
+
+
+def parse(cfg_cls, argv: list[str]):
+    """Build `cfg_cls()` and apply `--config FILE` then every `--key value` in argv, in order."""
+    cfg = cfg_cls()
+    args = list(argv)
+    if "--config" in args:
+        i = args.index("--config")
+        load_file(cfg, args[i + 1])
+        del args[i: i + 2]
+    while args:
+        flag = args.pop(0)
+        if not flag.startswith("--"):
+            raise ValueError(f"unexpected argument {flag!r}; options are written --section.key value")
+        key, eq, value = flag[2:].partition("=")
+        if not eq:
+            if args and not args[0].startswith("--"):
+                value = args.pop(0)
+            else:
+                value = "true"  # a bare flag switches a boolean on; any other type rejects "true"
+        set_value(cfg, key, value)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def describe(cfg) -> str:
+    """Every section and value, one line each, for the start of a run's log."""
+    lines = []
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}] " + "  ".join(f"{k}={v}" for k, v in values.items()))
+    return "\n".join(lines)

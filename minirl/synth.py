@@ -1,0 +1,476 @@
+"""LongVideo-Reason-Synth: a synthetic long-video reasoning benchmark with real mp4 files.
+
+Each video is a plain dark screen on which a handful of brief, sparse events happen: a solid
+coloured square or circle (red/green/blue/yellow) appears in one of the four quadrants for 2-4
+frames and disappears; one object per video instead moves from one quadrant to another over 6
+frames. Events are spread over the whole video (one per equal time slot) and every (colour,
+shape) identity occurs at most once, so each question has exactly one answer. Sampling too few
+frames misses events; `report` measures how much with an oracle.
+
+Questions come in the four LongVideo-Reason-eval categories, all four-option multiple choice:
+- Temporal: what appeared right after X; which of these appeared first / last.
+- Spatial: where X appeared; what appeared in a given quadrant.
+- Goal & Purpose: where the moving object is heading; which object moves to a quadrant.
+- Plot & Narrative: how many shapes appeared; the order in which three shapes appeared.
+Categories cycle question by question and each category's answer letters are dealt from
+shuffled blocks of A-D, so both are balanced, not merely random. Every question carries a short
+chain of thought citing the evidence with timestamps, written from the event metadata.
+
+    python -m minirl.synth --out DIR [--train N --test N --frames F --size S --fps R --seed S]
+    python -m minirl.synth report --data DIR/test.jsonl
+
+Layout: DIR/train.jsonl, DIR/test.jsonl, DIR/videos/{train,test}/NNNNN.mp4 (paths in the jsonl
+are relative to DIR). Output is a deterministic function of the arguments, mp4 bytes included
+(libx264 runs single-threaded).
+"""
+
+import argparse
+import itertools
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from minirl.video import uniform_indices
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 90, 230), "yellow": (235, 210, 40)}
+SHAPES = ("square", "circle")
+QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
+CATEGORIES = ("Temporal", "Spatial", "Goal & Purpose", "Plot & Narrative")
+LETTERS = "ABCD"
+BACKGROUND = (30, 30, 30)
+EVENTS_PER_VIDEO = (5, 8)  # inclusive range; 8 = every (colour, shape) identity once
+STATIC_FRAMES = (2, 4)  # inclusive range of how long a static shape stays on screen
+MOVER_FRAMES = 6  # the moving object: first frame at its start, last frame at its goal
+MIN_EVENT_FRAMES = STATIC_FRAMES[0]  # the oracle knows no event is shorter than this
+MIN_VIDEO_FRAMES = 64
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def make_events(rng: random.Random, num_frames: int) -> list[dict]:
+    """A video's script: 5-8 events, one per equal time slot, in time order."""
+    n = rng.randint(*EVENTS_PER_VIDEO)
+    identities = rng.sample(list(itertools.product(COLOURS, SHAPES)), n)
+    mover = rng.randrange(n)
+    slot = num_frames // n
+    events = []
+    for i, (colour, shape) in enumerate(identities):
+        frames = MOVER_FRAMES if i == mover else rng.randint(*STATIC_FRAMES)
+        start = i * slot + rng.randint(0, slot - frames)
+        pos = rng.choice(QUADRANTS)
+        to = rng.choice([q for q in QUADRANTS if q != pos]) if i == mover else None
+        events.append(dict(colour=colour, shape=shape, start=start, frames=frames, pos=pos, to=to))
+    return events
+
+
+def name(event: dict) -> str:
+    return f"{event['colour']} {event['shape']}"
+
+
+def centre(quadrant: str) -> tuple[float, float]:
+    """(x, y) of a quadrant's centre as fractions of the frame size."""
+    return (0.25 if quadrant.endswith("left") else 0.75), (0.25 if quadrant.startswith("top") else 0.75)
+
+
+def position(event: dict, frame: int) -> tuple[float, float]:
+    """Where the event's shape is at `frame` (fractions); a mover goes in a straight line."""
+    x0, y0 = centre(event["pos"])
+    if event["to"] is None:
+        return x0, y0
+    x1, y1 = centre(event["to"])
+    a = (frame - event["start"]) / (event["frames"] - 1)
+    return x0 + a * (x1 - x0), y0 + a * (y1 - y0)
+
+
+def on_screen(event: dict, frame: int) -> bool:
+    return event["start"] <= frame < event["start"] + event["frames"]
+
+
+def render(events: list[dict], frame: int, size: int) -> np.ndarray:
+    """One (size, size, 3) uint8 frame: the background plus whatever is on screen."""
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = BACKGROUND
+    y, x = np.mgrid[0:size, 0:size] + 0.5  # pixel centres, (size, size) each
+    radius = 0.18 * size
+    for event in events:
+        if on_screen(event, frame):
+            cx, cy = (c * size for c in position(event, frame))
+            if event["shape"] == "square":
+                mask = (np.abs(x - cx) <= radius) & (np.abs(y - cy) <= radius)
+            else:
+                mask = (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
+            image[mask] = COLOURS[event["colour"]]
+    return image
+
+
+def write_mp4(path: Path, events: list[dict], num_frames: int, size: int, fps: int):
+    """H.264 (libx264, yuv420p, single thread so the bytes are reproducible)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blank = render([], 0, size)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.options = {"threads": "1", "crf": "18"}
+        for f in range(num_frames):
+            visible = [e for e in events if on_screen(e, f)]
+            image = render(visible, f, size) if visible else blank
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# ----------------------------------------------------------------------------- questions
+# Each template takes (events, rng, slot, fps) and returns (problem, choices, task, evidence) or
+# None when the video cannot support it. `choices` are option texts with the answer at index
+# `slot`; `task` is the structured form the oracle reads; `evidence` is the chain of thought.
+
+
+def _t(frame: int, fps: int) -> str:
+    return f"{frame / fps:.1f}s"
+
+
+def _place(answer, distractors: list, slot: int, rng: random.Random) -> list:
+    distractors = list(distractors)
+    rng.shuffle(distractors)
+    return distractors[:slot] + [answer] + distractors[slot:]
+
+
+def _statics(events):
+    return [i for i, e in enumerate(events) if e["to"] is None]
+
+
+def _mover(events) -> int:
+    return next(i for i, e in enumerate(events) if e["to"] is not None)
+
+
+def q_after(events, rng, slot, fps):
+    i = rng.randrange(len(events) - 1)
+    others = [j for j in range(len(events)) if j not in (i, i + 1)]
+    choices = _place(i + 1, rng.sample(others, 3), slot, rng)
+    a, b = events[i], events[i + 1]
+    evidence = (f"The {name(a)} appears at {_t(a['start'], fps)}. "
+                f"The next shape is the {name(b)}, at {_t(b['start'], fps)}.")
+    return f"What appeared right after the {name(a)}?", choices, dict(kind="after", subject=i), evidence
+
+
+def q_first_last(events, rng, slot, fps):
+    kind = rng.choice(["first", "last"])
+    picked = sorted(rng.sample(range(len(events)), 4))
+    answer = picked[0] if kind == "first" else picked[-1]
+    choices = _place(answer, [j for j in picked if j != answer], slot, rng)
+    rest = ", ".join(f"the {name(events[j])} ({_t(events[j]['start'], fps)})" for j in picked if j != answer)
+    word = "before" if kind == "first" else "after"
+    evidence = f"The {name(events[answer])} appears at {_t(events[answer]['start'], fps)}, {word} {rest}."
+    return f"Which of these appeared {kind}?", choices, dict(kind=kind), evidence
+
+
+def q_where(events, rng, slot, fps):
+    i = rng.choice(_statics(events))
+    e = events[i]
+    choices = _place(e["pos"], [q for q in QUADRANTS if q != e["pos"]], slot, rng)
+    evidence = f"At {_t(e['start'], fps)} the {name(e)} appears at the {e['pos']}."
+    return f"Where did the {name(e)} appear?", choices, dict(kind="where", subject=i), evidence
+
+
+def q_which_at(events, rng, slot, fps):
+    """Needs a quadrant where exactly one static shape, and no moving one, ever was."""
+    touched = {q: [i for i, e in enumerate(events) if q in (e["pos"], e["to"])] for q in QUADRANTS}
+    singles = [q for q in QUADRANTS if len(touched[q]) == 1 and events[touched[q][0]]["to"] is None]
+    if not singles:
+        return None
+    quadrant = rng.choice(singles)
+    i = touched[quadrant][0]
+    choices = _place(i, rng.sample([j for j in range(len(events)) if j != i], 3), slot, rng)
+    evidence = (f"At {_t(events[i]['start'], fps)} the {name(events[i])} appears at the {quadrant}; "
+                "nothing else appears there.")
+    return (f"Which shape appeared at the {quadrant}?", choices, dict(kind="which_at", quadrant=quadrant),
+            evidence)
+
+
+DIRECTIONS = {(1, 0): "right", (-1, 0): "left", (0, -1): "up", (0, 1): "down", (1, -1): "up and right",
+              (-1, -1): "up and left", (1, 1): "down and right", (-1, 1): "down and left"}
+
+
+def _journey(e, fps) -> str:
+    (x0, y0), (x1, y1) = centre(e["pos"]), centre(e["to"])
+    direction = DIRECTIONS[(int(np.sign(x1 - x0)), int(np.sign(y1 - y0)))]
+    end = e["start"] + e["frames"] - 1
+    return (f"At {_t(e['start'], fps)} the {name(e)} is at the {e['pos']}. It moves {direction} "
+            f"and reaches the {e['to']} at {_t(end, fps)}.")
+
+
+def q_heading(events, rng, slot, fps):
+    i = _mover(events)
+    e = events[i]
+    choices = _place(e["to"], [q for q in QUADRANTS if q != e["to"]], slot, rng)
+    problem = f"The {name(e)} moves across the screen. Where is it heading?"
+    return problem, choices, dict(kind="heading", subject=i), _journey(e, fps)
+
+
+def q_mover(events, rng, slot, fps):
+    i = _mover(events)
+    choices = _place(i, rng.sample([j for j in range(len(events)) if j != i], 3), slot, rng)
+    problem = f"One shape moves to the {events[i]['to']}. Which one?"
+    return problem, choices, dict(kind="mover", subject=i), _journey(events[i], fps)
+
+
+def q_count(events, rng, slot, fps):
+    n = len(events)
+    choices = list(range(n - slot, n - slot + 4))  # ascending, the answer at `slot`
+    times = ", ".join(_t(e["start"], fps) for e in events)
+    return "How many shapes appeared in the video?", choices, dict(kind="count"), \
+        f"Shapes appear at {times}: {n} in total."
+
+
+def q_order(events, rng, slot, fps):
+    picked = sorted(rng.sample(range(len(events)), 3))
+    wrong = [list(p) for p in itertools.permutations(picked) if list(p) != picked]
+    choices = _place(picked, rng.sample(wrong, 3), slot, rng)
+    shown = rng.sample(picked, 3)
+    problem = ("In which order did these appear: " + ", ".join(f"the {name(events[j])}" for j in shown) + "?")
+    a, b, c = (events[j] for j in picked)
+    evidence = (f"The {name(a)} appears at {_t(a['start'], fps)}, the {name(b)} at {_t(b['start'], fps)}, "
+                f"and the {name(c)} at {_t(c['start'], fps)}.")
+    return problem, choices, dict(kind="order"), evidence
+
+
+TEMPLATES = {
+    "Temporal": (q_after, q_first_last),
+    "Spatial": (q_where, q_which_at),
+    "Goal & Purpose": (q_heading, q_mover),
+    "Plot & Narrative": (q_count, q_order),
+}
+
+
+def option_text(events: list[dict], kind: str, choice) -> str:
+    """How a structured choice reads as an option: an event index, a quadrant, a count or an order."""
+    if kind in ("where", "heading", "count"):
+        return str(choice)
+    if kind == "order":
+        return ", ".join(name(events[j]) for j in choice)
+    return name(events[choice])
+
+
+def make_question(events, category, slot, rng, fps) -> dict:
+    """One multiple-choice question of `category` whose answer is the letter LETTERS[slot]."""
+    templates = list(TEMPLATES[category])
+    rng.shuffle(templates)
+    for template in templates:
+        made = template(events, rng, slot, fps)
+        if made is not None:
+            break
+    problem, choices, task, evidence = made
+    task["choices"] = choices
+    letter = LETTERS[slot]
+    return dict(
+        problem=problem,
+        options=[f"{LETTERS[k]}. {option_text(events, task['kind'], c)}" for k, c in enumerate(choices)],
+        answer=letter,
+        reasoning=f"{evidence} So the answer is {letter}.",
+        category=category,
+        task=task,
+    )
+
+
+def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_video: int, seed: int):
+    """(videos, rows): the event scripts and the jsonl rows of one split, no files written.
+
+    Question q has category CATEGORIES[q % 4]; each category deals its answer letters from
+    shuffled blocks of A-D. Train and test use different random streams and video folders.
+    """
+    if num_frames < MIN_VIDEO_FRAMES:
+        raise ValueError(f"--frames must be at least {MIN_VIDEO_FRAMES}, got {num_frames}")
+    rng = random.Random(f"minirl-synth/{seed}/{split}")
+    letters = {c: [] for c in CATEGORIES}
+    videos, rows = [], []
+    for q in range(num_questions):
+        if q % per_video == 0:
+            videos.append(make_events(rng, num_frames))
+        v = len(videos) - 1
+        category = CATEGORIES[q % len(CATEGORIES)]
+        if not letters[category]:
+            letters[category] = rng.sample(range(4), 4)
+        row = make_question(videos[v], category, letters[category].pop(), rng, fps)
+        row.update(
+            videos=[f"videos/{split}/{v:05d}.mp4"], id=f"{split}-{v:05d}-{q % per_video}",
+            events=videos[v], num_frames=num_frames, fps=fps,
+        )
+        rows.append(row)
+    return videos, rows
+
+
+def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
+             per_video: int = 4, seed: int = 0) -> dict:
+    """Write the benchmark to `out`; returns {split: number of questions}."""
+    if size % 4 or size < 16:
+        raise ValueError(f"--size must be a multiple of 4 and at least 16, got {size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("test", test)):
+        videos, rows = make_split(split, n, frames, fps, per_video, seed)
+        for v, events in enumerate(videos):
+            write_mp4(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps)
+        with open(out / f"{split}.jsonl", "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return {"train": train, "test": test}
+
+
+def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0) -> list[str]:
+    """Texts for training the tiny model's tokenizer: questions, options, reasoning and the prompt."""
+    from minirl.data import INSTRUCTION, SYSTEM_PROMPT
+
+    _, rows = make_split("corpus", 4 * num_videos, frames, fps, 4, seed)
+    texts = [SYSTEM_PROMPT, INSTRUCTION, "system", "user", "assistant"]
+    for row in rows:
+        texts += [row["problem"], *row["options"], row["reasoning"]]
+    return texts
+
+
+# ----------------------------------------------------------------------------- oracle
+
+
+def _unsampled_room(indices: np.ndarray, num_frames: int, a: int, b: int) -> bool:
+    """Could a whole event hide strictly between frames a and b (-1 / num_frames: the ends)?
+
+    True iff some run of at least MIN_EVENT_FRAMES consecutive frames in (a, b) was not sampled.
+    """
+    inside = [a] + [int(i) for i in indices if a < i < b] + [b]
+    return any(hi - lo - 1 >= MIN_EVENT_FRAMES for lo, hi in itertools.pairwise(inside))
+
+
+def oracle_candidates(row: dict, indices) -> list[int]:
+    """The options (as indices 0-3) still possible to a reader who sees only frames `indices`.
+
+    The reader sees, on each sampled frame, which shapes are on screen and where, and knows the
+    rules of the benchmark (one event per identity, none shorter than MIN_EVENT_FRAMES frames).
+    It never rules out the true answer; guessing uniformly among what is left gives the
+    expected accuracy `1 / len(candidates)`.
+    """
+    events, task, num_frames = row["events"], row["task"], row["num_frames"]
+    indices = np.unique(np.asarray(indices))
+    choices, everything = task["choices"], list(range(len(task["choices"])))
+    seen = {}  # event -> sampled frames it was on screen, in order
+    for f in indices.tolist():
+        for i, e in enumerate(events):
+            if on_screen(e, f):
+                seen.setdefault(i, []).append(f)
+
+    def room(a, b):
+        return _unsampled_room(indices, num_frames, a, b)
+
+    def unseen_if(possible):
+        return [k for k in everything if choices[k] not in seen] if possible else []
+
+    kind = task["kind"]
+    if kind == "after":
+        x = task["subject"]
+        if x not in seen:
+            return everything
+        fx = seen[x][0]
+        later = [i for i in seen if seen[i][0] > fx]
+        nxt = min(later, key=lambda i: seen[i][0]) if later else None
+        gap_end = seen[nxt][0] if nxt is not None else num_frames
+        found = [choices.index(nxt)] if nxt in choices else []
+        return found + unseen_if(room(seen[x][-1], gap_end)) or everything
+    if kind in ("first", "last"):
+        shown = [k for k in everything if choices[k] in seen]
+        if not shown:
+            return everything
+        if kind == "first":
+            k = min(shown, key=lambda k: seen[choices[k]][0])
+            return [k] + unseen_if(room(-1, seen[choices[k]][0]))
+        k = max(shown, key=lambda k: seen[choices[k]][-1])
+        return [k] + unseen_if(room(seen[choices[k]][-1], num_frames))
+    if kind == "where":
+        return [choices.index(events[task["subject"]]["pos"])] if task["subject"] in seen else everything
+    if kind == "which_at":
+        there = [k for k in everything
+                 if choices[k] in seen and events[choices[k]]["pos"] == task["quadrant"]]
+        return there or unseen_if(room(-1, num_frames)) or everything
+    if kind in ("heading", "mover"):
+        i = task["subject"]
+        e = events[i]
+        frames = seen.get(i, [])
+        if len(frames) >= 2 or e["start"] + e["frames"] - 1 in frames:
+            return [choices.index(e["to"] if kind == "heading" else i)]
+        if kind == "heading":
+            # seen once at its first frame: it is heading somewhere else than where it stands
+            at_start = frames == [e["start"]]
+            return [k for k in everything if not (at_start and choices[k] == e["pos"])]
+        # a shape seen twice in the same place is not the one that moves
+        return [k for k in everything if len(seen.get(choices[k], [])) < 2]
+    if kind == "count":
+        n = len(seen)
+        return [k for k in everything if choices[k] == n or (choices[k] > n and room(-1, num_frames))]
+    if kind == "order":
+        shown = [i for i in choices[0] if i in seen]
+        truth = sorted(shown, key=lambda i: seen[i][0])  # the order the reader saw
+        return [k for k in everything if sorted(shown, key=choices[k].index) == truth]
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def oracle_accuracy(rows: list[dict], k: int | None) -> dict[str, float]:
+    """Expected accuracy per category (and 'overall') seeing k uniformly sampled frames (None: all)."""
+    scores = {c: [] for c in CATEGORIES}
+    for row in rows:
+        n = row["num_frames"] if k is None else min(k, row["num_frames"])
+        candidates = oracle_candidates(row, uniform_indices(row["num_frames"], n))
+        truth = LETTERS.index(row["answer"])
+        scores[row["category"]].append(1.0 / len(candidates) if truth in candidates else 0.0)
+    result = {c: float(np.mean(s)) for c, s in scores.items() if s}
+    result["overall"] = float(np.mean([x for s in scores.values() for x in s]))
+    return result
+
+
+def report(path) -> str:
+    """The oracle's accuracy table for k = 8, 16, 32, ... frames and all frames."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    most = max(r["num_frames"] for r in rows)
+    ks = [k for k in (2**p for p in range(3, 20)) if k < most] + [None]
+    columns = [c for c in CATEGORIES if any(r["category"] == c for r in rows)] + ["overall"]
+    lines = [f"oracle accuracy with k uniformly sampled frames: {len(rows)} questions, {most} frames/video",
+             f"{'k':>6}  " + "  ".join(f"{c:>16}" for c in columns)]
+    for k in ks:
+        acc = oracle_accuracy(rows, k)
+        cells = "  ".join(f"{100 * acc[c]:>15.1f}%" for c in columns)
+        lines.append(f"{'all' if k is None else k:>6}  {cells}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        parser = argparse.ArgumentParser(prog="python -m minirl.synth report",
+                                         description="oracle accuracy versus frames seen")
+        parser.add_argument("--data", required=True, help="a jsonl written by this module")
+        print(report(parser.parse_args(argv[1:]).data))
+        return
+    parser = argparse.ArgumentParser(prog="python -m minirl.synth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--train", type=int, default=3000, help="training questions")
+    parser.add_argument("--test", type=int, default=600, help="held-out questions")
+    parser.add_argument("--frames", type=int, default=256, help="frames per video")
+    parser.add_argument("--size", type=int, default=56, help="frame side in pixels")
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--per-video", type=int, default=4, help="questions per video")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    counts = generate(args.out, args.train, args.test, args.frames, args.size, args.fps, args.per_video,
+                      args.seed)
+    print(f"wrote {counts['train']} train / {counts['test']} test questions to {args.out} "
+          f"in {time.perf_counter() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
