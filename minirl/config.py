@@ -114,3 +114,50 @@ def describe(cfg) -> str:
     for section, values in to_dict(cfg).items():
         lines.append(f"[{section}] " + "  ".join(f"{k}={v}" for k, v in values.items()))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sections shared by the trainers
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    path: str = "runs/tiny-model"  # a Hugging Face checkpoint directory
+    dtype: str = "auto"  # auto: float32 on CPU; bf16 compute (fp32 master weights) on CUDA
+    train_vision: bool = False  # the vision tower is frozen by default
+    gradient_checkpointing: bool = False
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: str = ""  # jsonl in the LongVideo-Reason schema
+    test: str = ""
+    video_dir: str = ""  # relative video paths resolve against this ('' = the jsonl's folder)
+    frames: int = 16  # frames sampled uniformly per video (0: use fps)
+    fps: float = 0.0  # frames per second of video, capped by max_frames (used when frames = 0)
+    max_frames: int = 768
+    max_pixels: int = 0  # per-frame pixel budget (0: the processor's own)
+    max_prompt_tokens: int = 16384  # longer prompts get fewer frames, never a cut question
+    bad_videos: str = "error"  # error: stop and list them; drop: remove those examples, say which
+
+
+@dataclasses.dataclass
+class ParallelConfig:
+    sp: int = 1  # sequence-parallel degree; dp = world / sp
+    parallel_encode: bool = True  # MR-SP stage 1: split each video's frames across the sp group
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    every: int = 0  # evaluate every N steps (0: only at the end)
+    max_examples: int = 0  # 0: the whole test set
+    max_new_tokens: int = 128
+    batch_size: int = 8  # prompts decoded together
+
+
+@dataclasses.dataclass
+class RunConfig:
+    out: str = "runs/run"
+    seed: int = 0
+    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    resume: bool = False  # continue from the newest complete checkpoint in `out`
+    tensorboard: bool = True  # when installed

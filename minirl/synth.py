@@ -16,8 +16,15 @@ Categories cycle question by question and each category's answer letters are dea
 shuffled blocks of A-D, so both are balanced, not merely random. Every question carries a short
 chain of thought citing the evidence with timestamps, written from the event metadata.
 
-    python -m minirl.synth --out DIR [--train N --test N --frames F --size S --fps R --seed S]
+    python -m minirl.synth --out DIR [--train N --test N --frames F --size S --fps R --per-video Q
+                                      --seed S]
     python -m minirl.synth report --data DIR/test.jsonl
+
+The default (3000 train / 600 test questions, 4 per video, 256 frames of 56x56 at 8 fps, about
+30 s to write) needs about half the frames for a perfect oracle and is near chance at 8. Events
+stay 2-6 frames long at any length, so an hour-scale video (--frames 28800) needs ~14k frames:
+a stress test for long-context training. --size must be a multiple of 28 (patch 14 x merge 2);
+at 56 px each merged video token is one quadrant over two frames.
 
 Layout: DIR/train.jsonl, DIR/test.jsonl, DIR/videos/{train,test}/NNNNN.mp4 (paths in the jsonl
 are relative to DIR). Output is a deterministic function of the arguments, mp4 bytes included
@@ -35,6 +42,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from minirl.data import INSTRUCTION, INSTRUCTION_OPEN, SYSTEM_PROMPT
 from minirl.video import uniform_indices
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 90, 230), "yellow": (235, 210, 40)}
@@ -129,8 +137,9 @@ def write_mp4(path: Path, events: list[dict], num_frames: int, size: int, fps: i
 
 # ----------------------------------------------------------------------------- questions
 # Each template takes (events, rng, slot, fps) and returns (problem, choices, task, evidence) or
-# None when the video cannot support it. `choices` are option texts with the answer at index
-# `slot`; `task` is the structured form the oracle reads; `evidence` is the chain of thought.
+# None when the video cannot support it. `choices` are the four options as structured values
+# (event indices, quadrants, counts or orders of event indices) with the answer at index `slot`;
+# `task` is what the oracle reads; `evidence` is the chain of thought.
 
 
 def _t(frame: int, fps: int) -> str:
@@ -166,9 +175,10 @@ def q_first_last(events, rng, slot, fps):
     picked = sorted(rng.sample(range(len(events)), 4))
     answer = picked[0] if kind == "first" else picked[-1]
     choices = _place(answer, [j for j in picked if j != answer], slot, rng)
-    rest = ", ".join(f"the {name(events[j])} ({_t(events[j]['start'], fps)})" for j in picked if j != answer)
+    a, b, c = (f"the {name(events[j])} ({_t(events[j]['start'], fps)})" for j in picked if j != answer)
     word = "before" if kind == "first" else "after"
-    evidence = f"The {name(events[answer])} appears at {_t(events[answer]['start'], fps)}, {word} {rest}."
+    e = events[answer]
+    evidence = f"The {name(e)} appears at {_t(e['start'], fps)}, {word} {a}, {b} and {c}."
     return f"Which of these appeared {kind}?", choices, dict(kind=kind), evidence
 
 
@@ -310,8 +320,10 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
 def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
              per_video: int = 4, seed: int = 0) -> dict:
     """Write the benchmark to `out`; returns {split: number of questions}."""
-    if size % 4 or size < 16:
-        raise ValueError(f"--size must be a multiple of 4 and at least 16, got {size}")
+    if size % 28 or size < 28:
+        # Qwen's processor resizes every frame to multiples of 28 (patch 14 x merge 2); frames that
+        # already are pass through unresampled, so blobs stay crisp.
+        raise ValueError(f"--size must be a positive multiple of 28, got {size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("test", test)):
@@ -326,10 +338,8 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
 
 def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0) -> list[str]:
     """Texts for training the tiny model's tokenizer: questions, options, reasoning and the prompt."""
-    from minirl.data import INSTRUCTION, SYSTEM_PROMPT
-
     _, rows = make_split("corpus", 4 * num_videos, frames, fps, 4, seed)
-    texts = [SYSTEM_PROMPT, INSTRUCTION, "system", "user", "assistant"]
+    texts = [SYSTEM_PROMPT, INSTRUCTION, INSTRUCTION_OPEN, "system", "user", "assistant"]
     for row in rows:
         texts += [row["problem"], *row["options"], row["reasoning"]]
     return texts
@@ -399,13 +409,14 @@ def oracle_candidates(row: dict, indices) -> list[int]:
     if kind in ("heading", "mover"):
         i = task["subject"]
         e = events[i]
-        frames = seen.get(i, [])
-        if len(frames) >= 2 or e["start"] + e["frames"] - 1 in frames:
+        steps = [f - e["start"] for f in seen.get(i, [])]
+        between = [s for s in steps if 0 < s < e["frames"] - 1]  # off a quadrant centre: moving
+        if len(steps) >= 2 or (between and kind == "mover"):
             return [choices.index(e["to"] if kind == "heading" else i)]
         if kind == "heading":
-            # seen once at its first frame: it is heading somewhere else than where it stands
-            at_start = frames == [e["start"]]
-            return [k for k in everything if not (at_start and choices[k] == e["pos"])]
+            # one sighting on the way: it goes between the two ends of that line, either way; one
+            # at a quadrant centre may be its start or its goal
+            return sorted([choices.index(e["pos"]), choices.index(e["to"])]) if between else everything
         # a shape seen twice in the same place is not the one that moves
         return [k for k in everything if len(seen.get(choices[k], [])) < 2]
     if kind == "count":
@@ -460,7 +471,7 @@ def main(argv=None):
     parser.add_argument("--train", type=int, default=3000, help="training questions")
     parser.add_argument("--test", type=int, default=600, help="held-out questions")
     parser.add_argument("--frames", type=int, default=256, help="frames per video")
-    parser.add_argument("--size", type=int, default=56, help="frame side in pixels")
+    parser.add_argument("--size", type=int, default=56, help="frame side in pixels, a multiple of 28")
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--per-video", type=int, default=4, help="questions per video")
     parser.add_argument("--seed", type=int, default=0)

@@ -36,8 +36,11 @@ import torch
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 
-class VideoError(Exception):
-    """A video file that cannot be used: missing, empty, truncated or not a video."""
+class VideoError(OSError):
+    """A video file that cannot be used: missing, empty, truncated or not a video.
+
+    An OSError, like PIL's UnidentifiedImageError: callers that skip unreadable files catch both.
+    """
 
     def __init__(self, path, reason: str):
         self.path = str(path)
@@ -158,6 +161,8 @@ def read_video(path, sampling: FrameSampling, temporal_patch_size: int = 2) -> D
     try:
         frames = reader.get_batch(indices.tolist()).asnumpy()  # (T, H, W, 3) uint8
     except (decord.DECORDError, RuntimeError) as e:
+        # decord 0.6 also fails here on valid videos 16, 24, 48 or 72 pixels wide (a frame-copy
+        # size check); real videos and the synthetic benchmark's multiples of 28 are not affected.
         raise VideoError(path, f"decoding failed: {str(e).strip().splitlines()[0]}") from e
     if frames.shape[0] != len(indices):
         raise VideoError(path, f"asked for {len(indices)} frames, decoder returned {frames.shape[0]}")

@@ -1,0 +1,274 @@
+"""The LongVideo-Reason jsonl schema, the one prompt template, and SFT / RL examples.
+
+A line of a dataset is a JSON object in the LongVideo-Reason / Long-RL schema:
+
+    {"problem": str, "answer": str, "videos": ["rel/path.mp4"] (or "video": str),
+     "options": ["A. ...", ...], "reasoning": str, "category": str, "id": str}
+
+`options`, `reasoning` (needed for SFT), `category` and `id` are optional; other keys (the
+synthetic benchmark's event metadata) are kept in `Example.row`. Video paths are resolved against
+a `video_dir`. A malformed line is an error naming the file, the line and the fix.
+
+SFT, RL and evaluation all build their prompt with `build_prompt`, the Qwen chat format with a
+single `<|video_pad|>`; `encode_prompt` expands that placeholder into one token per merged video
+patch, t*h*w / merge_size**2 of them, read off `video_grid_thw` (the same count the transformers
+processor inserts).
+
+Token budget policy: a prompt longer than `max_prompt_tokens` gets fewer frames, never a cut
+question: the frame count drops to the largest even number whose tokens fit (logged, and
+reported in the example's `num_frames` / `frames_reduced`); if even 2 frames do not fit,
+`PromptTooLong` is raised.
+"""
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minirl.video import (
+    FrameSampling,
+    num_sampled_frames,
+    probe,
+    process_video,
+    read_video,
+    video_tokens,
+)
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+INSTRUCTION = (
+    "Think step by step inside <think> </think> tags, "
+    "then give the letter of the correct option inside <answer> </answer> tags."
+)
+INSTRUCTION_OPEN = (
+    "Think step by step inside <think> </think> tags, "
+    "then give the final answer inside <answer> </answer> tags."
+)
+VIDEO_PAD = "<|video_pad|>"
+IGNORE_INDEX = -100  # labels of tokens the SFT loss skips
+
+
+class DataError(ValueError):
+    """A malformed dataset line: names the file, the line number and the fix."""
+
+    def __init__(self, path, line: int, problem: str, fix: str):
+        super().__init__(f"{path}, line {line}: {problem}. Fix: {fix}")
+
+
+class PromptTooLong(ValueError):
+    """Even the minimum number of frames does not fit into max_prompt_tokens."""
+
+
+@dataclass
+class Example:
+    """One dataset row, validated, with its video path resolved."""
+
+    id: str
+    problem: str
+    answer: str
+    video: Path
+    options: list[str] | None = None
+    reasoning: str | None = None
+    category: str | None = None
+    row: dict = dataclasses.field(default_factory=dict)  # the raw JSON object, extra keys included
+
+
+REQUIRED = ("every line needs 'problem' (str), 'answer' (str) and 'videos' (a one-element list) "
+            "or 'video' (str)")
+
+
+def _parse(row, path, line: int, video_dir: Path) -> Example:
+    def fail(problem, fix=REQUIRED):
+        raise DataError(path, line, problem, fix)
+
+    if not isinstance(row, dict):
+        fail(f"expected a JSON object, got {type(row).__name__}")
+    for key in ("problem", "answer"):
+        if key not in row:
+            fail(f"missing field '{key}'")
+    if not isinstance(row["problem"], str) or not row["problem"].strip():
+        fail(f"'problem' must be a non-empty string, got {row['problem']!r}")
+    answer = row["answer"]
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        fail(f"'answer' must be a string (or a number), got {type(answer).__name__}")
+    if "videos" in row:
+        videos = row["videos"]
+        if not isinstance(videos, list) or len(videos) != 1 or not isinstance(videos[0], str):
+            fail(f"'videos' must be a list of exactly one path string, got {videos!r}",
+                 "give one video per line as \"videos\": [\"path.mp4\"]")
+        video = videos[0]
+    elif "video" in row:
+        video = row["video"]
+        if not isinstance(video, str):
+            fail(f"'video' must be a path string, got {type(video).__name__}")
+    else:
+        fail("missing field 'videos' (or 'video')")
+    options = row.get("options")
+    if options is not None and (not isinstance(options, list) or len(options) < 2
+                                or not all(isinstance(o, str) for o in options)):
+        fail(f"'options' must be a list of at least two strings, got {options!r}",
+             "write options as [\"A. ...\", \"B. ...\"] or leave the field out")
+    for key in ("reasoning", "category"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            fail(f"'{key}' must be a string, got {type(row[key]).__name__}",
+                 f"make '{key}' a string or drop it")
+    if "id" in row and not isinstance(row["id"], (str, int)):
+        fail(f"'id' must be a string, got {type(row['id']).__name__}", "make 'id' a string or drop it")
+    return Example(
+        id=str(row.get("id", f"{Path(path).stem}-{line}")),
+        problem=row["problem"],
+        answer=str(answer),
+        video=video_dir / video,
+        options=options,
+        reasoning=row.get("reasoning"),
+        category=row.get("category"),
+        row=row,
+    )
+
+
+def load_jsonl(path, video_dir=None) -> list[Example]:
+    """Read and validate a dataset. Relative video paths resolve against video_dir (default: its folder)."""
+    path = Path(path)
+    video_dir = path.parent if video_dir is None else Path(video_dir)
+    examples = []
+    with open(path) as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(path, line, f"not valid JSON ({e.msg} at column {e.colno})",
+                                "each line must be one complete JSON object") from e
+            examples.append(_parse(row, path, line, video_dir))
+    return examples
+
+
+def build_prompt(problem: str, options: list[str] | None = None) -> str:
+    """The chat-formatted prompt (one `<|video_pad|>`) that SFT, RL and eval all use."""
+    lines = [problem.strip(), *(o.strip() for o in options or [])]
+    lines.append(INSTRUCTION if options else INSTRUCTION_OPEN)
+    question = "\n".join(lines)
+    return (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
+        f"<|im_start|>user\n<|vision_start|>{VIDEO_PAD}<|vision_end|>{question}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def build_target(reasoning: str, answer: str) -> str:
+    """The assistant turn SFT trains on; it ends with the stop token."""
+    return f"<think>{reasoning.strip()}</think><answer>{answer}</answer><|im_end|>"
+
+
+def _tokenize(processor, text: str) -> list[int]:
+    return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompt(processor, prompt: str, num_video_tokens: int) -> list[int]:
+    """Token ids of `prompt` with its single `<|video_pad|>` expanded to num_video_tokens copies.
+
+    The placeholder is a special token, so expanding after tokenising gives the same ids as
+    tokenising the expanded text, without tokenising thousands of copies.
+    """
+    ids = _tokenize(processor, prompt)
+    pad = processor.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+    if ids.count(pad) != 1:
+        raise ValueError(f"prompt must hold exactly one {VIDEO_PAD}, found {ids.count(pad)}")
+    at = ids.index(pad)
+    return ids[:at] + [pad] * num_video_tokens + ids[at + 1:]
+
+
+def fit_sampling(example: Example, processor, sampling: FrameSampling,
+                 max_prompt_tokens: int) -> FrameSampling:
+    """The sampling to use so the prompt fits max_prompt_tokens (see the module docstring)."""
+    meta = probe(example.video)
+    vp = processor.video_processor
+    text_tokens = len(_tokenize(processor, build_prompt(example.problem, example.options))) - 1
+
+    def tokens(n):
+        return video_tokens(n, meta.height, meta.width, vp, sampling.min_pixels, sampling.max_pixels)
+
+    n = num_sampled_frames(meta.num_frames, meta.fps, sampling, vp.temporal_patch_size)
+    if text_tokens + tokens(n) <= max_prompt_tokens:
+        return sampling
+    step = vp.temporal_patch_size
+    groups = (max_prompt_tokens - text_tokens) // tokens(step)
+    if groups < 1:
+        raise PromptTooLong(
+            f"{example.id}: {text_tokens} text tokens + {tokens(step)} tokens for the minimum {step} frames "
+            f"exceed max_prompt_tokens={max_prompt_tokens}; raise it or lower max_pixels"
+        )
+    fewer = groups * step
+    logger.info("%s: %d frames (%d tokens) exceed max_prompt_tokens=%d, using %d frames",
+                example.id, n, text_tokens + tokens(n), max_prompt_tokens, fewer)
+    return dataclasses.replace(sampling, num_frames=fewer, fps=None)
+
+
+def _video_inputs(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int) -> dict:
+    fitted = fit_sampling(example, processor, sampling, max_prompt_tokens)
+    video = read_video(example.video, fitted, processor.video_processor.temporal_patch_size)
+    vision = process_video(processor, video.frames, video.sampled_fps, fitted.min_pixels, fitted.max_pixels)
+    num_tokens = int(vision["video_grid_thw"].prod()) // processor.video_processor.merge_size**2
+    prompt_ids = encode_prompt(processor, build_prompt(example.problem, example.options), num_tokens)
+    return dict(
+        prompt_ids=prompt_ids,
+        **vision,
+        id=example.id,
+        answer=example.answer,
+        category=example.category,
+        num_frames=len(video.indices),
+        frames_reduced=fitted is not sampling,
+        timestamps=video.timestamps,
+    )
+
+
+def sft_example(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int) -> dict:
+    """input_ids = prompt + `<think>reasoning</think><answer>X</answer><|im_end|>`, labels on the latter."""
+    if example.reasoning is None:
+        raise ValueError(f"{example.id}: SFT needs a 'reasoning' field (the chain of thought to imitate)")
+    item = _video_inputs(example, processor, sampling, max_prompt_tokens)
+    prompt_ids = item.pop("prompt_ids")
+    target = _tokenize(processor, build_target(example.reasoning, example.answer))
+    item["input_ids"] = torch.tensor(prompt_ids + target, dtype=torch.long)
+    item["labels"] = torch.tensor([IGNORE_INDEX] * len(prompt_ids) + target, dtype=torch.long)
+    return item
+
+
+def rl_example(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int) -> dict:
+    """The prompt ids plus what the reward needs (answer, category, id, the raw row)."""
+    item = _video_inputs(example, processor, sampling, max_prompt_tokens)
+    item["input_ids"] = torch.tensor(item.pop("prompt_ids"), dtype=torch.long)
+    item["row"] = example.row
+    return item
+
+
+def collate(items: list[dict], pad_id: int) -> dict:
+    """Right-pad a list of examples into one batch.
+
+    input_ids (B, L) padded with pad_id, attention_mask (B, L), labels (B, L) padded with -100
+    when present; the videos are concatenated along the patch axis in batch order
+    (pixel_values_videos (sum N_i, D), video_grid_thw (B, 3), second_per_grid_ts (B,)); every
+    other key becomes a list.
+    """
+    lengths = [len(it["input_ids"]) for it in items]
+    batch = {"input_ids": torch.full((len(items), max(lengths)), pad_id, dtype=torch.long)}
+    batch["attention_mask"] = torch.zeros_like(batch["input_ids"])
+    if "labels" in items[0]:
+        batch["labels"] = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    for b, (it, n) in enumerate(zip(items, lengths, strict=True)):
+        batch["input_ids"][b, :n] = it["input_ids"]
+        batch["attention_mask"][b, :n] = 1
+        if "labels" in batch:
+            batch["labels"][b, :n] = it["labels"]
+    for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        batch[key] = torch.cat([it[key] for it in items], dim=0)
+    tensors = {"input_ids", "labels", *batch}
+    for key in items[0]:
+        if key not in tensors:
+            batch[key] = [it[key] for it in items]
+    return batch
