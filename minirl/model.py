@@ -296,12 +296,21 @@ class QwenVL(nn.Module):
         n_embeds = 0 if video_embeds is None else len(video_embeds)
         if n_slots != n_embeds:
             raise ValueError(f"{n_slots} <|video_pad|> tokens but {n_embeds} video embeddings were given")
-        if n_slots:
+        if video_embeds is not None:  # even when empty: an SP shard without video tokens must still
+            # take part in the backward of the collective that produced video_embeds
             x = x.masked_scatter(is_video[..., None], video_embeds.to(x.dtype))
         return x
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, attn_fn=sdpa_attention):
-        """inputs_embeds (B, L, C), position_ids (3, B, L) -> final hidden states (B, L, C)."""
+    def forward(self, inputs_embeds: torch.Tensor | None, position_ids: torch.Tensor, attn_fn=sdpa_attention,
+                input_ids: torch.Tensor | None = None, video_embeds: torch.Tensor | None = None):
+        """inputs_embeds (B, L, C), position_ids (3, B, L) -> final hidden states (B, L, C).
+
+        Instead of inputs_embeds, `input_ids` (B, L) with the `video_embeds` rows of its
+        <|video_pad|> tokens may be given: the embedding then happens inside the forward, which
+        is what FSDP needs when embed_tokens is sharded (its weights are gathered only here).
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, video_embeds)
         cos, sin = mrope_cos_sin(position_ids.to(self.device), self.inv_freq, self.config.mrope_section,
                                  inputs_embeds.dtype)
         x = inputs_embeds

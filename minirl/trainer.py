@@ -1,0 +1,241 @@
+"""Plumbing shared by train_sft.py and train_rl.py: sharding, optimizer, batches, logging.
+
+FSDP2 layout. Parameters are sharded over *all* ranks (a 1-D mesh of the whole world): the SP
+ranks of a group hold different shards too, so memory per rank falls with dp * sp. Every
+decoder block is its own FSDP unit, and so are `embed_tokens` and `lm_head`, because the
+trainers call them outside the root forward (embedding a batch before sharding it along the
+sequence; logits only at response rows). The vision tower is not sharded: it is frozen by
+default, and when trained its replicated gradients are summed by `sync_replicated_grads`.
+
+Gradient convention: every rank's loss is its exact share of one global loss (global token and
+sequence counts, see minirl.loss), so the right gradient is the *sum* over ranks. FSDP's
+reduce-scatter averages over ranks (a divide factor of 1 would need PREMUL_SUM, which gloo
+lacks), so `backward` scales each loss by the world size first.
+"""
+
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from minirl.data import IGNORE_INDEX, Example, load_jsonl
+from minirl.model import QwenVL, rope_index
+from minirl.video import FrameSampling, VideoError, probe
+from sp import parallel_encode, split_video_embeds
+
+
+def shard_model(model: QwenVL, device) -> QwenVL:
+    """Apply FSDP2 over every rank (see the module docstring); bf16 compute on CUDA."""
+    world = dist.get_world_size()
+    mesh = init_device_mesh(device.type, (world,))
+    mp = None
+    if device.type == "cuda":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    kw = dict(mesh=mesh, mp_policy=mp) if mp else dict(mesh=mesh)
+    ignored = set(model.visual.parameters()) if model.visual is not None else set()
+    if model.config.tie_word_embeddings:
+        fully_shard([model.embed_tokens, model.lm_head], **kw)  # one unit: they share the weight
+    else:
+        fully_shard(model.embed_tokens, **kw)
+        fully_shard(model.lm_head, **kw)
+    for block in model.layers:
+        fully_shard(block, **kw)
+    fully_shard(model, ignored_params=ignored, **kw)
+    return model
+
+
+def backward(loss: torch.Tensor):
+    """Backward of this rank's share of the global loss, scaled to undo FSDP's averaging."""
+    (loss * dist.get_world_size()).backward()
+
+
+def sync_replicated_grads(model: QwenVL):
+    """Average the gradients of the unsharded (replicated) vision tower over all ranks, like FSDP
+    does for the sharded weights (both were scaled by the world size in `backward`)."""
+    if model.visual is None or dist.get_world_size() == 1:
+        return
+    for p in model.visual.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def full_state(model) -> dict:
+    """The full, unsharded state dict on every rank (for the rollout copy / reference model)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+
+
+def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
+    """AdamW; no weight decay on norms and biases (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=False)
+
+
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at total_steps."""
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clip_grad_norm(model, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def encode_videos(model: QwenVL, items: list[dict], group, parallel: bool, train_vision: bool) -> list[torch.Tensor]:
+    """MR-SP stage 1 for a list of examples: one (N_i, C) video embedding per item, in order.
+
+    All videos are encoded in one call, their temporal groups split across the SP `group`
+    (parallel=True) or all on this rank (parallel=False, the ablation). Under no_grad unless
+    the vision tower is trained.
+    """
+    pixels = torch.cat([it["pixel_values_videos"] for it in items]).to(model.device)
+    grid = torch.cat([it["video_grid_thw"] for it in items])
+    with torch.set_grad_enabled(train_vision and torch.is_grad_enabled()):
+        if parallel:
+            embeds = parallel_encode(model, pixels, grid, group)
+        else:
+            embeds = model.encode_video(pixels, grid)
+    return split_video_embeds(embeds, grid, model.config.spatial_merge_size)
+
+
+def positions_of(model: QwenVL, item: dict, input_ids: torch.Tensor) -> torch.Tensor:
+    """(3, 1, L) M-RoPE positions of a full sequence, computed once on the whole sequence."""
+    pos = rope_index(input_ids.cpu(), item["video_grid_thw"], item["second_per_grid_ts"], model.config)
+    return pos[:, None]
+
+
+def build_micro_batch(model: QwenVL, sequences: list[torch.Tensor], targets: list[torch.Tensor],
+                      video_embeds: list[torch.Tensor], items: list[dict]):
+    """Right-padded (input_ids (B, L), video_embeds (N, C), positions (3, B, L), targets (B, L)).
+
+    Sequence b carries *its own* video (video_embeds[b], keyed to its prompt), concatenated in
+    batch order, which is the order its <|video_pad|> tokens are filled: frames can never land
+    in another sample. The embedding itself happens inside the sharded forward (sp.py).
+    """
+    L = max(len(s) for s in sequences)
+    pad_id = model.config.pad_token_id or 0
+    ids = torch.full((len(sequences), L), pad_id, dtype=torch.long)
+    for b, s in enumerate(sequences):
+        ids[b, :len(s)] = s
+    positions = [positions_of(model, it, s) for it, s in zip(items, sequences, strict=True)]
+    pos = torch.cat([F.pad(p, (0, L - p.shape[2])) for p in positions], dim=1)  # (3, B, L)
+    tgt = torch.cat([F.pad(t[None], (0, L - len(t)), value=IGNORE_INDEX) for t in targets])  # (B, L)
+    return ids, torch.cat(video_embeds), pos, tgt
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """targets[i] = labels[i + 1]: the log-prob at position i is of the token that follows it."""
+    return torch.cat([labels[1:], torch.tensor([IGNORE_INDEX])])
+
+
+def all_reduce_sum(value: float, group=None) -> float:
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(t, group=group)
+    return float(t)
+
+
+class MetricsLog:
+    """Metrics per step to metrics.jsonl and the console (rank 0), TensorBoard when installed."""
+
+    def __init__(self, out_dir, rank: int, tensorboard: bool = True):
+        self.rank = rank
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.tb = None
+        if rank == 0 and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
+            except ImportError:
+                self.tb = None
+
+    def log(self, step: int, metrics: dict, keys_to_print=None):
+        if self.rank != 0:
+            return
+        row = {"step": step, "time": time.time(), **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        shown = {k: metrics[k] for k in (keys_to_print or metrics) if k in metrics}
+        text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        print(f"step {step}  {text}", file=sys.stderr, flush=True)
+
+
+
+def frame_sampling(data_cfg) -> FrameSampling:
+    """The FrameSampling a DataConfig asks for."""
+    return FrameSampling(
+        num_frames=data_cfg.frames or None,
+        fps=None if data_cfg.frames else data_cfg.fps,
+        max_frames=data_cfg.max_frames,
+        max_pixels=data_cfg.max_pixels or None,
+    )
+
+
+def load_dataset(path, video_dir, bad_videos: str = "error") -> list[Example]:
+    """Load a jsonl and probe every video up front, so a broken file is found before step 1.
+
+    bad_videos="error": raise, listing every unreadable video with its reason.
+    bad_videos="drop": remove those examples and print which (never replaced by other videos).
+    """
+    examples = load_jsonl(path, video_dir or None)
+    bad = {}
+    for ex in examples:
+        if ex.video not in bad:
+            try:
+                probe(ex.video)
+            except VideoError as err:
+                bad[ex.video] = err.reason
+    if not bad:
+        return examples
+    listing = "\n".join(f"  {v}: {why}" for v, why in sorted(bad.items()))
+    if bad_videos == "error":
+        raise VideoError(path, f"{len(bad)} unreadable video(s):\n{listing}\n"
+                         "fix or remove them, or pass --data.bad_videos drop to skip their examples")
+    if bad_videos != "drop":
+        raise ValueError(f"data.bad_videos must be 'error' or 'drop', got {bad_videos!r}")
+    kept = [ex for ex in examples if ex.video not in bad]
+    print(f"{path}: dropped {len(examples) - len(kept)} example(s) with unreadable videos:\n{listing}",
+          file=sys.stderr)
+    return kept
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_examples, generator=g).tolist()
+
+
+def global_indices(num_examples: int, seed: int, start: int, count: int) -> list[int]:
+    """Dataset indices at global positions [start, start + count) of the seeded epoch stream.
+
+    The data position is one integer, so resume is exact and independent of the rank layout.
+    """
+    out = []
+    for pos in range(start, start + count):
+        epoch, i = divmod(pos, num_examples)
+        out.append(epoch_order(num_examples, seed, epoch)[i])
+    return out

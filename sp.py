@@ -1,0 +1,371 @@
+"""MR-SP: parallel video encoding (stage 1) and Ulysses sequence parallelism (stage 2).
+
+One long (prompt + response) sequence is too big for one device, so the ranks of an SP group
+share it:
+
+1. `parallel_encode`: the video's temporal patch groups are split across the SP ranks, each
+   rank runs the vision tower on its share, an all-gather gives every rank all the embeddings.
+   Qwen2.5-VL's vision tower attends only inside one temporal group (its `cu_seqlens` are
+   h*w per group and its attention windows are cut per group too), so the split is exact.
+2. `sp_token_logprobs`: the embedded sequence is padded to a multiple of sp and cut along the
+   sequence; each rank runs every decoder layer on its shard. Attention is the only layer
+   that mixes positions: `ulysses_attn_fn` all-to-alls the (seq shard, all heads) q/k/v into
+   (whole seq, head shard), runs ordinary causal attention on its heads, and all-to-alls the
+   output back. Log-probs are computed on each shard and gathered along the sequence.
+
+Conventions that keep the pieces exact (every one is tested against one process):
+- Sharding is `full.chunk(P, dim)[rank]` after right-padding to a multiple of P. Pads at the
+  end never change a real token's output under causal masking, so no mask is needed.
+- M-RoPE positions (3, B, L) are computed once on the whole sequence (`minirl.model.rope_index`)
+  and sharded exactly like the embeddings.
+- Every collective on the autograd path is an `autograd.Function` with a hand-written backward.
+  Two backward rules appear, and which one applies depends on what the ranks do downstream:
+  when every rank computes the same loss from a gathered tensor (`gather_sequence`), a rank's
+  gradient is its own chunk of the (identical) gradient; when every rank uses the gathered
+  tensor for its *own part* of the loss (`parallel_encode`: rank r only embeds the tokens of
+  shard r), the gradient of a rank's share is the sum over ranks. Either way the parameter
+  gradients summed over the SP group equal the one-process gradients.
+- Process groups are always passed in; nothing here is global.
+"""
+
+import math
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
+
+from minirl.model import sdpa_attention
+
+IGNORE_INDEX = -100  # targets with this value are not response tokens: no log-prob is computed
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def validate_layout(world: int, dp: int, sp: int, num_heads: int | None = None,
+                    num_kv_heads: int | None = None) -> None:
+    """Check the parallel degrees up front, with errors that name every number and the fix.
+
+    Ulysses gives each SP rank num_heads / sp query heads, so sp must divide num_heads. Any
+    num_kv_heads works (KV heads are replicated when there are fewer than sp, see
+    `kv_replication`) as long as it is a valid GQA grouping of the query heads.
+    """
+    if dp < 1 or sp < 1:
+        raise ValueError(f"dp={dp} and sp={sp} must both be >= 1")
+    if dp * sp != world:
+        raise ValueError(
+            f"dp={dp} x sp={sp} = {dp * sp} does not equal the world size {world}: launch "
+            f"{dp * sp} processes, or choose sp from {_divisors(world)} and dp = {world} / sp"
+        )
+    if num_heads is not None and num_heads % sp:
+        raise ValueError(
+            f"sp={sp} does not divide num_heads={num_heads}: Ulysses gives each rank num_heads/sp "
+            f"attention heads; choose sp from {_divisors(num_heads)}"
+        )
+    if num_heads is not None and num_kv_heads is not None and num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}: not a GQA model config"
+        )
+
+
+def init_distributed(sp: int = 1):
+    """(rank, world, device, mesh) from torchrun's environment; one process without torchrun.
+
+    The mesh is `DeviceMesh(("dp", "sp"))` with sp innermost, so an SP group is consecutive
+    ranks (one node: the all-to-alls stay on the fast links). Backend: nccl on CUDA, gloo on
+    CPU. Without torchrun (no RANK in the environment) this is a world of one whose group lives
+    in an in-memory store: no port is opened.
+    """
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    torchrun = "RANK" in os.environ
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dp = world // sp if 0 < sp <= world else 1  # a wrong sp makes dp * sp != world: a named error
+    validate_layout(world, dp, sp)
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if torchrun:
+        dist.init_process_group(backend)  # MASTER_ADDR / MASTER_PORT from torchrun
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    mesh = init_device_mesh(device.type, (dp, sp), mesh_dim_names=("dp", "sp"))
+    return rank, world, device, mesh
+
+
+# ----------------------------------------------------------------------------- shard / gather
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, dim: int, value=0) -> torch.Tensor:
+    """Right-pad `x` along `dim` with `value` to a length divisible by `multiple`."""
+    pad = -x.shape[dim] % multiple
+    if pad == 0:
+        return x
+    widths = [0, 0] * (x.dim() - dim % x.dim() - 1) + [0, pad]  # F.pad lists the last dim first
+    return F.pad(x, widths, value=value)
+
+
+def shard(x: torch.Tensor, group, dim: int, value=0) -> torch.Tensor:
+    """This rank's chunk of `x` along `dim`: `pad_to_multiple(x, P, dim).chunk(P, dim)[rank]`.
+
+    Plain slicing, so autograd already does the right thing: the gradient of `x` is this
+    rank's chunk of the gradient and zero elsewhere.
+    """
+    P = dist.get_world_size(group)
+    return pad_to_multiple(x, P, dim, value).chunk(P, dim)[dist.get_rank(group)]
+
+
+class _GatherSequence(torch.autograd.Function):
+    """All-gather equal chunks along `dim` and drop the padding; backward: own chunk of the grad.
+
+    The backward is right when every rank computes the same loss from the gathered tensor, as
+    the policy loss does from the gathered log-probs.
+    """
+
+    @staticmethod
+    def forward(ctx, x, group, dim, length):
+        ctx.group, ctx.dim = group, dim
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim=dim).narrow(dim, 0, length)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return shard(grad, ctx.group, ctx.dim), None, None, None
+
+
+def gather_sequence(x: torch.Tensor, group, dim: int, length: int) -> torch.Tensor:
+    """Inverse of `shard`: the full tensor (first `length` entries along `dim`) on every rank."""
+    return _GatherSequence.apply(x, group, dim, length)
+
+
+# ----------------------------------------------------------------------------- Ulysses attention
+
+
+def _all_to_all(x: torch.Tensor, group, scatter_dim: int, gather_dim: int) -> torch.Tensor:
+    """Cut `x` in P chunks along scatter_dim, send chunk p to rank p, concatenate what arrives
+    (ordered by sender) along gather_dim."""
+    P = dist.get_world_size(group)
+    send = torch.stack(x.chunk(P, scatter_dim))  # (P, *chunk shape): send[p] goes to rank p
+    recv = torch.empty_like(send)  # recv[p]: the chunk rank p sent to us
+    dist.all_to_all_single(recv, send, group=group)
+    return torch.cat(recv.unbind(0), dim=gather_dim)
+
+
+class _AllToAll(torch.autograd.Function):
+    """`_all_to_all` on the autograd path; its backward is the inverse all-to-all."""
+
+    @staticmethod
+    def forward(ctx, x, group, scatter_dim, gather_dim):
+        ctx.group, ctx.scatter_dim, ctx.gather_dim = group, scatter_dim, gather_dim
+        return _all_to_all(x, group, scatter_dim, gather_dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_to_all(grad, ctx.group, ctx.gather_dim, ctx.scatter_dim), None, None, None
+
+
+def seq_to_heads(x: torch.Tensor, group) -> torch.Tensor:
+    """(B, L/P, H, D) sequence shard, all heads -> (B, L, H/P, D) whole sequence, head shard."""
+    return _AllToAll.apply(x, group, 2, 1)
+
+
+def heads_to_seq(x: torch.Tensor, group) -> torch.Tensor:
+    """(B, L, H/P, D) whole sequence, head shard -> (B, L/P, H, D) sequence shard, all heads."""
+    return _AllToAll.apply(x, group, 1, 2)
+
+
+def kv_replication(num_heads: int, num_kv_heads: int, sp: int) -> int:
+    """How many copies of each KV head Ulysses needs so every rank gets its query heads' KV.
+
+    Rank r holds query heads [r*Hq/P, (r+1)*Hq/P) and, after the all-to-all, KV heads
+    [r*Hkv'/P, (r+1)*Hkv'/P) of the Hkv' = Hkv * rep heads it was sent. Both need P | Hkv', and
+    the local GQA grouping (local query head i uses local KV head i // (Hq/Hkv')) must still be
+    the model's, so Hkv' = lcm(Hkv, P), which divides Hq because Hkv and P both do. Copies are
+    made with `repeat_interleave`: new KV head i is old head i // rep, so query head j uses
+    new head j // (Hq/Hkv') = old head j // (Hq/Hkv), exactly the model's grouping.
+    Examples: (Hq, Hkv, P) = (4, 2, 4) -> 2 copies; (3, 1, 3) -> 3; (8, 2, 2) -> 1.
+    """
+    validate_layout(sp, 1, sp, num_heads, num_kv_heads)
+    return math.lcm(num_kv_heads, sp) // num_kv_heads
+
+
+def ulysses_attn_fn(group, inner=sdpa_attention):
+    """An `attn_fn` for `QwenVL.forward` that runs `inner` (causal attention over the whole
+    sequence) on this rank's heads, taking and returning sequence shards."""
+    P = dist.get_world_size(group)
+
+    def attn(q, k, v, layer_idx):
+        rep = kv_replication(q.shape[2], k.shape[2], P)
+        if rep > 1:
+            k = k.repeat_interleave(rep, dim=2)  # (B, L/P, Hkv*rep, D)
+            v = v.repeat_interleave(rep, dim=2)
+        q, k, v = (seq_to_heads(t, group) for t in (q, k, v))  # (B, L, H/P, D) each
+        out = inner(q, k, v, layer_idx)  # (B, L, Hq/P, D)
+        return heads_to_seq(out, group)  # (B, L/P, Hq, D)
+
+    return attn
+
+
+# ----------------------------------------------------------------------------- parallel encoding
+
+
+def split_temporal_groups(video_grid_thw: torch.Tensor, parts: int):
+    """Contiguous shares of all temporal patch groups (of all videos, in order) for `parts` ranks.
+
+    Returns one (row_start, row_end, grid_thw) per rank: rows of pixel_values_videos (group t of
+    a (T, h, w) video is h*w consecutive rows) and the grid of that share, one row per video it
+    touches (a share may end inside one video and start inside another). Shares differ by at
+    most one group and may be empty when there are fewer groups than ranks. The split counts
+    groups, not pixels: a simplification that is balanced when the videos share a resolution.
+    """
+    groups = [(v, h, w) for v, (t, h, w) in enumerate(video_grid_thw.tolist()) for _ in range(t)]
+    row_offsets = [0]
+    for _, h, w in groups:
+        row_offsets.append(row_offsets[-1] + h * w)
+    bounds = [len(groups) * r // parts for r in range(parts + 1)]
+    shares = []
+    for r in range(parts):
+        grid = []  # [video, t, h, w] runs
+        for v, h, w in groups[bounds[r]:bounds[r + 1]]:
+            if grid and grid[-1][0] == v:
+                grid[-1][1] += 1
+            else:
+                grid.append([v, 1, h, w])
+        grid_thw = torch.tensor([g[1:] for g in grid], dtype=torch.long).reshape(-1, 3)  # (videos, 3)
+        shares.append((row_offsets[bounds[r]], row_offsets[bounds[r + 1]], grid_thw))
+    return shares
+
+
+class _GatherShares(torch.autograd.Function):
+    """All-gather shares of different sizes along dim 0; backward: the sum over ranks of the
+    gradient of this rank's share (a reduce-scatter, done as one uneven all-to-all)."""
+
+    @staticmethod
+    def forward(ctx, x, sizes, group):
+        ctx.sizes, ctx.group = sizes, group
+        most = max(sizes)
+        padded = F.pad(x, (0, 0, 0, most - len(x))).contiguous()  # (most, C)
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded, group=group)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])  # (sum(sizes), C)
+
+    @staticmethod
+    def backward(ctx, grad):
+        P, mine = len(ctx.sizes), ctx.sizes[dist.get_rank(ctx.group)]
+        recv = grad.new_empty(P * mine, grad.shape[1])  # every rank's gradient of our share
+        dist.all_to_all_single(recv, grad.contiguous(), output_split_sizes=[mine] * P,
+                               input_split_sizes=ctx.sizes, group=ctx.group)
+        return recv.view(P, mine, -1).sum(0), None, None  # (mine, C)
+
+
+def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
+                    group) -> torch.Tensor:
+    """MR-SP stage 1: every rank gets all merged video embeddings (N_tokens, C), in order,
+    each rank having run the vision tower on its share of the temporal groups only.
+
+    Equal to `model.encode_video(pixel_values_videos, video_grid_thw)`. Differentiable: when
+    the vision tower is trained, each rank's vision gradients come from its own frames and the
+    sum over the SP group is the one-process gradient.
+    """
+    if model.visual is None:
+        raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
+    P, rank = dist.get_world_size(group), dist.get_rank(group)
+    merge = model.config.spatial_merge_size ** 2  # patch rows per video token
+    shares = split_temporal_groups(video_grid_thw, P)
+    sizes = [(end - start) // merge for start, end, _ in shares]
+    start, end, grid_thw = shares[rank]
+    if end > start:
+        local = model.encode_video(pixel_values_videos[start:end], grid_thw)  # (sizes[rank], C)
+    else:
+        # An empty share must still join the backward all-to-all, so it takes part in autograd
+        # whenever the other ranks' shares do.
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in model.visual.parameters())
+        local = torch.zeros(0, model.config.hidden_size, device=model.device, dtype=model.dtype,
+                            requires_grad=trains)
+    return _GatherShares.apply(local, sizes, group)
+
+
+def split_video_embeds(video_embeds: torch.Tensor, video_grid_thw: torch.Tensor,
+                       spatial_merge_size: int) -> list[torch.Tensor]:
+    """The embeddings of several videos encoded in one call, one (N_i, C) tensor per video."""
+    counts = [t * h * w // spatial_merge_size**2 for t, h, w in video_grid_thw.tolist()]
+    return list(video_embeds.split(counts))
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def pad_batch(sequences: list[torch.Tensor], positions: list[torch.Tensor], targets: list[torch.Tensor],
+              pad_id: int):
+    """Right-pad per-sequence inputs to one micro-batch.
+
+    Takes lists of token ids (L_i,), positions (3, 1, L_i) and targets (1, L_i) and returns
+    input_ids (B, L), positions (3, B, L), targets (B, L) with L = max L_i. Pads are `pad_id`
+    tokens at position 0 with IGNORE_INDEX targets; causal masking keeps them invisible.
+    """
+    L = max(len(s) for s in sequences)
+    input_ids = torch.stack([F.pad(s, (0, L - len(s)), value=pad_id) for s in sequences])  # (B, L)
+    positions = torch.cat([F.pad(p, (0, L - p.shape[2])) for p in positions], dim=1)  # (3, B, L)
+    targets = torch.cat([F.pad(t, (0, L - t.shape[1]), value=IGNORE_INDEX) for t in targets])  # (B, L)
+    return input_ids, positions, targets
+
+
+def shard_video_rows(input_ids: torch.Tensor, video_embeds: torch.Tensor | None, video_token_id, group):
+    """This rank's chunk of input_ids (B, L/P) and the video embedding rows its <|video_pad|> hold.
+
+    video_embeds (N, C) fill the <|video_pad|> tokens of the whole micro-batch in row-major
+    order (sequence 0's video first), so the rows of shard r are those whose token falls in r.
+    """
+    ids = shard(input_ids, group, dim=1)  # (B, L/P)
+    if video_embeds is None or video_token_id is None:
+        return ids, None
+    is_video = pad_to_multiple(input_ids, dist.get_world_size(group), dim=1) == video_token_id  # (B, Lp)
+    order = (is_video.flatten().cumsum(0) - 1).view(is_video.shape)  # row of video_embeds per token
+    mine_video = shard(is_video, group, dim=1)
+    mine_order = shard(order, group, dim=1)
+    return ids, video_embeds[mine_order[mine_video].to(video_embeds.device)]  # (N_r, C)
+
+
+def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A (B, L) tensor holding `values` where `mask` is set, in order, and 0 elsewhere."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+
+def sp_token_logprobs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor | None, positions: torch.Tensor,
+                      targets: torch.Tensor, group, temperature: float = 1.0, with_entropy: bool = False):
+    """MR-SP stage 2: per-token log-probs (B, L) of a micro-batch, sequence-parallel over `group`.
+
+    input_ids (B, L) and positions (3, B, L) are the full right-padded micro-batch (identical on
+    every rank of the group); video_embeds (N, C) fill its <|video_pad|> tokens in row-major
+    order (each sequence's own video, cached by stage 1). targets (B, L) holds at position i the token whose log-prob is
+    wanted there, i.e. the next token `input_ids[i + 1]`, and IGNORE_INDEX wherever it is not
+    a response token. Each rank runs the decoder on its shard with Ulysses attention and takes
+    logits of its response rows only (never a full-vocabulary tensor over the video). Returns
+    log-probs (B, L) of `logits / temperature`, 0 at ignored positions, the same on every rank
+    and differentiable; with `with_entropy`, also the entropy (B, L) of those distributions.
+    Every rank must then compute the same loss from them (see the module docstring).
+    """
+    L = input_ids.shape[1]
+    ids, video_rows = shard_video_rows(input_ids, video_embeds, model.config.video_token_id, group)
+    pos = shard(positions.to(model.device), group, dim=2)  # (3, B, L/P)
+    tgt = shard(targets.to(model.device), group, dim=1, value=IGNORE_INDEX)  # (B, L/P)
+    # the shard is embedded inside the forward (FSDP gathers embed_tokens there)
+    hidden = model(None, pos, ulysses_attn_fn(group), input_ids=ids, video_embeds=video_rows)  # (B, L/P, C)
+    picked = tgt != IGNORE_INDEX  # (B, L/P)
+    logp = torch.log_softmax(model.logits(hidden[picked]) / temperature, dim=-1)  # (N, V)
+    token_logp = logp.gather(1, tgt[picked][:, None])[:, 0]  # (N,)
+    logprobs = gather_sequence(_scatter_rows(token_logp, picked), group, dim=1, length=L)  # (B, L)
+    if not with_entropy:
+        return logprobs
+    entropy = -(logp.exp() * logp).sum(-1)  # (N,)
+    return logprobs, gather_sequence(_scatter_rows(entropy, picked), group, dim=1, length=L)

@@ -1,0 +1,170 @@
+"""Stage 1: chain-of-thought SFT on long videos, sequence-parallel like the RL stage.
+
+    torchrun --nproc_per_node 2 train_sft.py --model.path runs/tiny-model \
+        --data.train data/train.jsonl --data.test data/test.jsonl --parallel.sp 2 --run.out runs/sft
+
+Cross-entropy on the assistant tokens (`<think>reasoning</think><answer>X</answer><|im_end|>`)
+only, summed over every response token of the global batch and divided by their global count,
+so the gradient does not depend on the dp/sp layout or the micro-batch split. The same MR-SP
+machinery as RL: frames encoded across the SP group, the sequence split across it with Ulysses
+attention, FSDP2 over all ranks. AdamW with warmup + cosine, gradient clipping, periodic eval
+with eval.py's scorer, atomic checkpoints, exact resume, and a final Hugging Face export.
+"""
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import AutoProcessor
+
+from eval import evaluate, print_table
+from minirl import config as C
+from minirl.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
+from minirl.data import IGNORE_INDEX, sft_example
+from minirl.model import QwenVL, load_model
+from minirl.trainer import (
+    MetricsLog,
+    all_reduce_sum,
+    backward,
+    build_micro_batch,
+    clip_grad_norm,
+    encode_videos,
+    frame_sampling,
+    full_state,
+    global_indices,
+    load_dataset,
+    make_optimizer,
+    make_scheduler,
+    next_token_targets,
+    shard_model,
+    sync_replicated_grads,
+)
+from sp import init_distributed, sp_token_logprobs, validate_layout
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    steps: int = 100
+    batch_size: int = 8  # sequences per optimizer step, whole world
+    micro_batch_size: int = 2  # sequences per forward, per SP group
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    model: C.ModelConfig = dataclasses.field(default_factory=C.ModelConfig)
+    data: C.DataConfig = dataclasses.field(default_factory=C.DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    parallel: C.ParallelConfig = dataclasses.field(default_factory=C.ParallelConfig)
+    eval: C.EvalConfig = dataclasses.field(default_factory=C.EvalConfig)
+    run: C.RunConfig = dataclasses.field(default_factory=lambda: C.RunConfig(out="runs/sft"))
+
+
+def evaluate_copy(model, cfg, processor, examples, eval_model, rank, world):
+    """Evaluate a plain (unsharded) copy of the current weights, data-parallel over all ranks."""
+    eval_model.load_state_dict(full_state(model), strict=False)
+    return evaluate(eval_model, processor, examples, frame_sampling(cfg.data), cfg.data.max_prompt_tokens,
+                    max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, rank=rank, world=world)
+
+
+def main(argv):
+    cfg = C.parse(SFTConfig, argv)
+    rank, world, device, mesh = init_distributed(cfg.parallel.sp)
+    sp_group, dp = mesh["sp"].get_group(), mesh["dp"].size()
+    dp_rank = mesh["dp"].get_local_rank()
+    out = Path(cfg.run.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(C.describe(cfg), file=sys.stderr)
+    torch.manual_seed(cfg.run.seed)
+
+    model = load_model(cfg.model.path, torch.float32, device)
+    validate_layout(world, dp, cfg.parallel.sp, model.config.num_heads, model.config.num_kv_heads)
+    if cfg.optim.batch_size % dp:
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide by dp={dp} (world {world} / sp "
+                         f"{cfg.parallel.sp})")
+    model.gradient_checkpointing = cfg.model.gradient_checkpointing
+    if model.visual is not None:
+        model.visual.requires_grad_(cfg.model.train_vision)
+    eval_model = QwenVL(model.hf_config).to(device).eval()  # the unsharded copy eval decodes with
+    model = shard_model(model, device)
+    processor = AutoProcessor.from_pretrained(cfg.model.path)
+    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.optim.steps)
+    train = load_dataset(cfg.data.train, cfg.data.video_dir, cfg.data.bad_videos)
+    test = load_dataset(cfg.data.test, cfg.data.video_dir, cfg.data.bad_videos) if cfg.data.test else []
+    if cfg.eval.max_examples:
+        test = test[: cfg.eval.max_examples]
+    sampling = frame_sampling(cfg.data)
+    log = MetricsLog(out, rank, cfg.run.tensorboard)
+
+    start = 0
+    if cfg.run.resume and (ckpt := latest_checkpoint(out)) is not None:
+        start = load_checkpoint(ckpt, model, optimizer, scheduler)["step"]
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {start}", file=sys.stderr)
+
+    per_group = cfg.optim.batch_size // dp
+    for step in range(start, cfg.optim.steps):
+        t0 = time.time()
+        indices = global_indices(len(train), cfg.run.seed, step * cfg.optim.batch_size, cfg.optim.batch_size)
+        mine = indices[dp_rank * per_group:(dp_rank + 1) * per_group]  # this SP group's sequences
+        items = []
+        for i in mine:
+            try:
+                items.append(sft_example(train[i], processor, sampling, cfg.data.max_prompt_tokens))
+            except Exception as err:  # name the file and the step, then stop (see data.bad_videos)
+                raise RuntimeError(f"step {step}: example {train[i].id} ({train[i].video}): {err}") from err
+        local_tokens = sum(int((it["labels"] != IGNORE_INDEX).sum()) for it in items)
+        global_tokens = all_reduce_sum(local_tokens) / cfg.parallel.sp  # SP ranks hold the same sequences
+        loss_sum = 0.0
+        for m in range(0, len(items), cfg.optim.micro_batch_size):
+            micro = items[m:m + cfg.optim.micro_batch_size]
+            video_embeds = encode_videos(model, micro, sp_group, cfg.parallel.parallel_encode,
+                                         cfg.model.train_vision)
+            targets = [next_token_targets(it["labels"]) for it in micro]
+            ids, video, positions, tgt = build_micro_batch(model, [it["input_ids"] for it in micro], targets,
+                                                           video_embeds, micro)
+            logp = sp_token_logprobs(model, ids, video, positions, tgt, sp_group)  # (B, L)
+            loss = -logp.sum() / global_tokens  # this group's share of the global mean
+            backward(loss)
+            loss_sum += float(loss)
+        sync_replicated_grads(model)
+        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        metrics = {
+            "sft/loss": all_reduce_sum(loss_sum) / cfg.parallel.sp,
+            "sft/grad_norm": grad_norm,
+            "sft/lr": scheduler.get_last_lr()[0],
+            "sft/tokens": global_tokens,
+            "timing_s/step": time.time() - t0,
+        }
+        if test and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.optim.steps:
+            table = evaluate_copy(model, cfg, processor, test, eval_model, rank, world)
+            metrics.update({f"eval/{k}": v for k, v in table["overall"].items()})
+        log.log(step + 1, metrics)
+        if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
+            save_checkpoint(out, step + 1, model, optimizer, scheduler)
+
+    save_checkpoint(out, cfg.optim.steps, model, optimizer, scheduler)
+    export_hf(model, out / "hf", cfg.model.path)
+    if test:
+        table = evaluate_copy(model, cfg, processor, test, eval_model, rank, world)
+        if rank == 0:
+            print_table(table)
+            log.log(cfg.optim.steps, {f"eval/{k}": v for k, v in table["overall"].items()})
+    if rank == 0:
+        print(f"SFT done: checkpoints in {out}, Hugging Face export in {out / 'hf'}", file=sys.stderr)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
