@@ -320,20 +320,22 @@ def pad_batch(sequences: list[torch.Tensor], positions: list[torch.Tensor], targ
     return input_ids, positions, targets
 
 
-def shard_video_rows(input_ids: torch.Tensor, video_embeds: torch.Tensor | None, video_token_id, group):
-    """This rank's chunk of input_ids (B, L/P) and the video embedding rows its <|video_pad|> hold.
+def shard_video_rows(input_ids: torch.Tensor, video_embeds: torch.Tensor | None, video_mask: torch.Tensor | None,
+                     group):
+    """This rank's chunk of input_ids (B, L/P), of video_mask, and the video embedding rows it holds.
 
-    video_embeds (N, C) fill the <|video_pad|> tokens of the whole micro-batch in row-major
-    order (sequence 0's video first), so the rows of shard r are those whose token falls in r.
+    video_embeds (N, C) fill the video slots `video_mask` (B, L) of the whole micro-batch in
+    row-major order (sequence 0's video first), so the rows of shard r are those whose slot
+    falls in r.
     """
     ids = shard(input_ids, group, dim=1)  # (B, L/P)
-    if video_embeds is None or video_token_id is None:
-        return ids, None
-    is_video = pad_to_multiple(input_ids, dist.get_world_size(group), dim=1) == video_token_id  # (B, Lp)
-    order = (is_video.flatten().cumsum(0) - 1).view(is_video.shape)  # row of video_embeds per token
-    mine_video = shard(is_video, group, dim=1)
+    if video_embeds is None:
+        return ids, None, None
+    is_video = pad_to_multiple(video_mask, dist.get_world_size(group), dim=1, value=False)  # (B, Lp)
+    order = (is_video.flatten().cumsum(0) - 1).view(is_video.shape)  # row of video_embeds per slot
+    mine_video = shard(is_video, group, dim=1)  # (B, L/P)
     mine_order = shard(order, group, dim=1)
-    return ids, video_embeds[mine_order[mine_video].to(video_embeds.device)]  # (N_r, C)
+    return ids, video_embeds[mine_order[mine_video].to(video_embeds.device)], mine_video  # (N_r, C)
 
 
 def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -342,25 +344,31 @@ def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def sp_token_logprobs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor | None, positions: torch.Tensor,
-                      targets: torch.Tensor, group, temperature: float = 1.0, with_entropy: bool = False):
+                      targets: torch.Tensor, group, temperature: float = 1.0, with_entropy: bool = False,
+                      video_mask: torch.Tensor | None = None):
     """MR-SP stage 2: per-token log-probs (B, L) of a micro-batch, sequence-parallel over `group`.
 
     input_ids (B, L) and positions (3, B, L) are the full right-padded micro-batch (identical on
     every rank of the group); video_embeds (N, C) fill its <|video_pad|> tokens in row-major
-    order (each sequence's own video, cached by stage 1). targets (B, L) holds at position i the token whose log-prob is
-    wanted there, i.e. the next token `input_ids[i + 1]`, and IGNORE_INDEX wherever it is not
-    a response token. Each rank runs the decoder on its shard with Ulysses attention and takes
-    logits of its response rows only (never a full-vocabulary tensor over the video). Returns
-    log-probs (B, L) of `logits / temperature`, 0 at ignored positions, the same on every rank
-    and differentiable; with `with_entropy`, also the entropy (B, L) of those distributions.
-    Every rank must then compute the same loss from them (see the module docstring).
+    order (each sequence's own video, cached by stage 1); `video_mask` (B, L) marks those slots
+    (default: every <|video_pad|> token; trainers pass the prompts' slots only). targets (B, L)
+    holds at position i the token whose log-prob is wanted there, i.e. the next token
+    `input_ids[i + 1]`, and IGNORE_INDEX wherever it is not a response token. Each rank runs
+    the decoder on its shard with Ulysses attention and takes logits of its response rows only
+    (never a full-vocabulary tensor over the video). Returns log-probs (B, L) of
+    `logits / temperature`, 0 at ignored positions, the same on every rank and differentiable;
+    with `with_entropy`, also the entropy (B, L) of those distributions. Every rank must then
+    compute the same loss from them (see the module docstring).
     """
     L = input_ids.shape[1]
-    ids, video_rows = shard_video_rows(input_ids, video_embeds, model.config.video_token_id, group)
+    if video_mask is None and video_embeds is not None:
+        video_mask = input_ids == model.config.video_token_id
+    ids, video_rows, mask = shard_video_rows(input_ids, video_embeds, video_mask, group)
     pos = shard(positions.to(model.device), group, dim=2)  # (3, B, L/P)
     tgt = shard(targets.to(model.device), group, dim=1, value=IGNORE_INDEX)  # (B, L/P)
     # the shard is embedded inside the forward (FSDP gathers embed_tokens there)
-    hidden = model(None, pos, ulysses_attn_fn(group), input_ids=ids, video_embeds=video_rows)  # (B, L/P, C)
+    hidden = model(None, pos, ulysses_attn_fn(group), input_ids=ids, video_embeds=video_rows,
+                   video_mask=mask)  # (B, L/P, C)
     picked = tgt != IGNORE_INDEX  # (B, L/P)
     logp = torch.log_softmax(model.logits(hidden[picked]) / temperature, dim=-1)  # (N, V)
     token_logp = logp.gather(1, tgt[picked][:, None])[:, 0]  # (N,)

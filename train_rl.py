@@ -55,7 +55,7 @@ from minirl.trainer import (
     load_dataset,
     make_optimizer,
     make_scheduler,
-    positions_of,
+    sequence_positions,
     shard_model,
     sync_replicated_grads,
 )
@@ -237,7 +237,7 @@ class Trainer:
         params = SamplingParams(n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, top_k=cfg.top_k, stop_token_ids=(self.eos,))
         seeds = [self.cfg.run.seed * 1_000_003 + it["key"] for it in items]
-        positions = [positions_of(self.model, it, it["input_ids"]) for it in items]
+        positions = [sequence_positions(self.model, it, it["input_ids"], 0) for it in items]
         if self.cfg.mrsp.embed_cache:
             prompts = [(self.rollout_model.embed(it["input_ids"], self.cache[it["key"]])[None], pos)
                        for it, pos in zip(items, positions, strict=True)]
@@ -321,18 +321,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ 5-6. log-probs + update
 
-    def micro_inputs(self, model, seqs: list[Sequence]):
+    def micro_inputs(self, model, seqs: list[Sequence]) -> dict:
         """Right-padded micro-batch of (prompt + response) sequences, each with its own cached video."""
-        full = [torch.cat([s.prompt_ids, torch.tensor(s.response, dtype=torch.long)]) for s in seqs]
-        targets = []
-        for s, ids in zip(seqs, full, strict=True):
-            t = torch.full_like(ids, IGNORE_INDEX)
-            start = len(s.prompt_ids) - 1  # position i predicts token i + 1
-            t[start:start + len(s.response)] = ids[start + 1:]
-            targets.append(t)
         items = [self.items[s.key] for s in seqs]
+        responses = [torch.tensor(s.response, dtype=torch.long) for s in seqs]
         video = [self.video_embeds(it) for it in items]
-        return build_micro_batch(model, full, targets, video, items)
+        return build_micro_batch(model, [s.prompt_ids for s in seqs], responses, video, items)
+
+    def sp_logprobs(self, model, batch: dict, with_entropy: bool = False):
+        return sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
+                                 batch["targets"], self.sp_group, self.cfg.rollout.temperature, with_entropy,
+                                 video_mask=batch["video_mask"])
 
     def logprobs(self, model, seqs) -> list[torch.Tensor]:
         """Per-sequence response log-probs (no grad), sequence-parallel (stage 2)."""
@@ -341,9 +340,9 @@ class Trainer:
         with torch.no_grad():
             for m in range(0, len(seqs), mb):
                 micro = seqs[m:m + mb]
-                ids, video, pos, tgt = self.micro_inputs(model, micro)
-                logp = sp_token_logprobs(model, ids, video, pos, tgt, self.sp_group, self.cfg.rollout.temperature)
-                out += [row[t != IGNORE_INDEX] for row, t in zip(logp, tgt, strict=True)]
+                batch = self.micro_inputs(model, micro)
+                logp = self.sp_logprobs(model, batch)
+                out += [row[t != IGNORE_INDEX] for row, t in zip(logp, batch["targets"], strict=True)]
         return out
 
     def update(self, seqs: list[Sequence], old: list[torch.Tensor] | None, ref) -> dict:
@@ -361,10 +360,9 @@ class Trainer:
                 for m in range(0, len(mini), mb):
                     idx = mini[m:m + mb]
                     micro = [seqs[i] for i in idx]
-                    ids, video, pos, tgt = self.micro_inputs(self.model, micro)
-                    logp, entropy = sp_token_logprobs(self.model, ids, video, pos, tgt, self.sp_group,
-                                                      self.cfg.rollout.temperature, with_entropy=True)
-                    mask = tgt != IGNORE_INDEX  # (B, L)
+                    batch = self.micro_inputs(self.model, micro)
+                    logp, entropy = self.sp_logprobs(self.model, batch, with_entropy=True)
+                    mask = batch["targets"] != IGNORE_INDEX  # (B, L)
                     old_logp = torch.zeros_like(logp)
                     old_logp[mask] = torch.cat([old[i] for i in idx]) if old is not None else logp[mask].detach()
                     ref_logp = None

@@ -38,8 +38,8 @@ from minirl.trainer import (
     load_dataset,
     make_optimizer,
     make_scheduler,
-    next_token_targets,
     shard_model,
+    split_sft_item,
     sync_replicated_grads,
 )
 from sp import init_distributed, sp_token_logprobs, validate_layout
@@ -128,13 +128,13 @@ def main(argv):
             micro = items[m:m + cfg.optim.micro_batch_size]
             video_embeds = encode_videos(model, micro, sp_group, cfg.parallel.parallel_encode,
                                          cfg.model.train_vision)
-            targets = [next_token_targets(it["labels"]) for it in micro]
-            ids, video, positions, tgt = build_micro_batch(model, [it["input_ids"] for it in micro], targets,
-                                                           video_embeds, micro)
-            logp = sp_token_logprobs(model, ids, video, positions, tgt, sp_group)  # (B, L)
+            prompts, targets = zip(*[split_sft_item(it) for it in micro], strict=True)
+            batch = build_micro_batch(model, prompts, targets, video_embeds, micro)
+            logp = sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
+                                     batch["targets"], sp_group, video_mask=batch["video_mask"])  # (B, L)
             loss = -logp.sum() / global_tokens  # this group's share of the global mean
             backward(loss)
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
         sync_replicated_grads(model)
         grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
         optimizer.step()

@@ -285,32 +285,42 @@ class QwenVL(nn.Module):
         pixels = pixel_values_videos.to(self.device, self.visual.dtype)
         return self.visual(pixels, grid_thw=video_grid_thw.to(self.device)).pooler_output.to(self.dtype)
 
-    def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with the <|video_pad|> rows replaced, in order, by `video_embeds`."""
+    def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None = None,
+              video_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the video slots replaced, in order, by `video_embeds`.
+
+        The slots are `video_mask` when given, else every <|video_pad|> token. Trainers pass the
+        mask of the *prompt's* video tokens: a sampled response may contain the <|video_pad|> id,
+        and there it is text, exactly as the sampler embedded it.
+        """
         input_ids = input_ids.to(self.device)
         x = self.embed_tokens(input_ids)
-        is_video = torch.zeros_like(input_ids, dtype=torch.bool)
-        if self.config.video_token_id is not None:
-            is_video = input_ids == self.config.video_token_id
-        n_slots = int(is_video.sum())
+        if video_mask is None:
+            video_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+            if self.config.video_token_id is not None:
+                video_mask = input_ids == self.config.video_token_id
+        video_mask = video_mask.to(self.device)
+        n_slots = int(video_mask.sum())
         n_embeds = 0 if video_embeds is None else len(video_embeds)
         if n_slots != n_embeds:
-            raise ValueError(f"{n_slots} <|video_pad|> tokens but {n_embeds} video embeddings were given")
+            raise ValueError(f"{n_slots} video token slots but {n_embeds} video embeddings were given")
         if video_embeds is not None:  # even when empty: an SP shard without video tokens must still
             # take part in the backward of the collective that produced video_embeds
-            x = x.masked_scatter(is_video[..., None], video_embeds.to(x.dtype))
+            x = x.masked_scatter(video_mask[..., None], video_embeds.to(x.dtype))
         return x
 
     def forward(self, inputs_embeds: torch.Tensor | None, position_ids: torch.Tensor, attn_fn=sdpa_attention,
-                input_ids: torch.Tensor | None = None, video_embeds: torch.Tensor | None = None):
+                input_ids: torch.Tensor | None = None, video_embeds: torch.Tensor | None = None,
+                video_mask: torch.Tensor | None = None):
         """inputs_embeds (B, L, C), position_ids (3, B, L) -> final hidden states (B, L, C).
 
-        Instead of inputs_embeds, `input_ids` (B, L) with the `video_embeds` rows of its
-        <|video_pad|> tokens may be given: the embedding then happens inside the forward, which
-        is what FSDP needs when embed_tokens is sharded (its weights are gathered only here).
+        Instead of inputs_embeds, `input_ids` (B, L) with the `video_embeds` rows of its video
+        slots (`video_mask`, see `embed`) may be given: the embedding then happens inside the
+        forward, which is what FSDP needs when embed_tokens is sharded (its weights are gathered
+        only here).
         """
         if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids, video_embeds)
+            inputs_embeds = self.embed(input_ids, video_embeds, video_mask)
         cos, sin = mrope_cos_sin(position_ids.to(self.device), self.inv_freq, self.config.mrope_section,
                                  inputs_embeds.dtype)
         x = inputs_embeds

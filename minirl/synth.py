@@ -146,6 +146,12 @@ def _t(frame: int, fps: int) -> str:
     return f"{frame / fps:.1f}s"
 
 
+def _at(frame: int, fps: int | None, word: str = " at ") -> str:
+    """" at 3.2s", or nothing when the reasoning is untimed (fps None): timestamps are most of a
+    timed chain of thought's tokens and a tiny model cannot read them off the video."""
+    return f"{word}{_t(frame, fps)}" if fps else ""
+
+
 def _place(answer, distractors: list, slot: int, rng: random.Random) -> list:
     distractors = list(distractors)
     rng.shuffle(distractors)
@@ -165,8 +171,8 @@ def q_after(events, rng, slot, fps):
     others = [j for j in range(len(events)) if j not in (i, i + 1)]
     choices = _place(i + 1, rng.sample(others, 3), slot, rng)
     a, b = events[i], events[i + 1]
-    evidence = (f"The {name(a)} appears at {_t(a['start'], fps)}. "
-                f"The next shape is the {name(b)}, at {_t(b['start'], fps)}.")
+    evidence = (f"The {name(a)} appears{_at(a['start'], fps)}. "
+                f"The next shape is the {name(b)}{_at(b['start'], fps, ', at ')}.")
     return f"What appeared right after the {name(a)}?", choices, dict(kind="after", subject=i), evidence
 
 
@@ -175,10 +181,11 @@ def q_first_last(events, rng, slot, fps):
     picked = sorted(rng.sample(range(len(events)), 4))
     answer = picked[0] if kind == "first" else picked[-1]
     choices = _place(answer, [j for j in picked if j != answer], slot, rng)
-    a, b, c = (f"the {name(events[j])} ({_t(events[j]['start'], fps)})" for j in picked if j != answer)
+    a, b, c = (f"the {name(events[j])}{_at(events[j]['start'], fps, ' (')}{')' if fps else ''}"
+               for j in picked if j != answer)
     word = "before" if kind == "first" else "after"
     e = events[answer]
-    evidence = f"The {name(e)} appears at {_t(e['start'], fps)}, {word} {a}, {b} and {c}."
+    evidence = f"The {name(e)} appears{_at(e['start'], fps)}, {word} {a}, {b} and {c}."
     return f"Which of these appeared {kind}?", choices, dict(kind=kind), evidence
 
 
@@ -186,7 +193,7 @@ def q_where(events, rng, slot, fps):
     i = rng.choice(_statics(events))
     e = events[i]
     choices = _place(e["pos"], [q for q in QUADRANTS if q != e["pos"]], slot, rng)
-    evidence = f"At {_t(e['start'], fps)} the {name(e)} appears at the {e['pos']}."
+    evidence = f"{_at(e['start'], fps, 'At ')}{' the' if fps else 'The'} {name(e)} appears at the {e['pos']}."
     return f"Where did the {name(e)} appear?", choices, dict(kind="where", subject=i), evidence
 
 
@@ -199,8 +206,8 @@ def q_which_at(events, rng, slot, fps):
     quadrant = rng.choice(singles)
     i = touched[quadrant][0]
     choices = _place(i, rng.sample([j for j in range(len(events)) if j != i], 3), slot, rng)
-    evidence = (f"At {_t(events[i]['start'], fps)} the {name(events[i])} appears at the {quadrant}; "
-                "nothing else appears there.")
+    evidence = (f"{_at(events[i]['start'], fps, 'At ')}{' the' if fps else 'The'} {name(events[i])} appears at "
+                f"the {quadrant}; nothing else appears there.")
     return (f"Which shape appeared at the {quadrant}?", choices, dict(kind="which_at", quadrant=quadrant),
             evidence)
 
@@ -213,8 +220,8 @@ def _journey(e, fps) -> str:
     (x0, y0), (x1, y1) = centre(e["pos"]), centre(e["to"])
     direction = DIRECTIONS[(int(np.sign(x1 - x0)), int(np.sign(y1 - y0)))]
     end = e["start"] + e["frames"] - 1
-    return (f"At {_t(e['start'], fps)} the {name(e)} is at the {e['pos']}. It moves {direction} "
-            f"and reaches the {e['to']} at {_t(end, fps)}.")
+    return (f"{_at(e['start'], fps, 'At ')}{' the' if fps else 'The'} {name(e)} is at the {e['pos']}. "
+            f"It moves {direction} and reaches the {e['to']}{_at(end, fps)}.")
 
 
 def q_heading(events, rng, slot, fps):
@@ -235,9 +242,11 @@ def q_mover(events, rng, slot, fps):
 def q_count(events, rng, slot, fps):
     n = len(events)
     choices = list(range(n - slot, n - slot + 4))  # ascending, the answer at `slot`
-    times = ", ".join(_t(e["start"], fps) for e in events)
-    return "How many shapes appeared in the video?", choices, dict(kind="count"), \
-        f"Shapes appear at {times}: {n} in total."
+    if fps:
+        seen = "Shapes appear at " + ", ".join(_t(e["start"], fps) for e in events)
+    else:
+        seen = "Shapes appear: " + ", ".join(name(e) for e in events)
+    return "How many shapes appeared in the video?", choices, dict(kind="count"), f"{seen}: {n} in total."
 
 
 def q_order(events, rng, slot, fps):
@@ -247,8 +256,11 @@ def q_order(events, rng, slot, fps):
     shown = rng.sample(picked, 3)
     problem = ("In which order did these appear: " + ", ".join(f"the {name(events[j])}" for j in shown) + "?")
     a, b, c = (events[j] for j in picked)
-    evidence = (f"The {name(a)} appears at {_t(a['start'], fps)}, the {name(b)} at {_t(b['start'], fps)}, "
-                f"and the {name(c)} at {_t(c['start'], fps)}.")
+    if fps:
+        evidence = (f"The {name(a)} appears at {_t(a['start'], fps)}, the {name(b)} at {_t(b['start'], fps)}, "
+                    f"and the {name(c)} at {_t(c['start'], fps)}.")
+    else:
+        evidence = f"The {name(a)} appears first, then the {name(b)}, then the {name(c)}."
     return problem, choices, dict(kind="order"), evidence
 
 
@@ -290,7 +302,8 @@ def make_question(events, category, slot, rng, fps) -> dict:
     )
 
 
-def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_video: int, seed: int):
+def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_video: int, seed: int,
+               timestamps: bool = True):
     """(videos, rows): the event scripts and the jsonl rows of one split, no files written.
 
     Question q has category CATEGORIES[q % 4]; each category deals its answer letters from
@@ -308,7 +321,7 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
         category = CATEGORIES[q % len(CATEGORIES)]
         if not letters[category]:
             letters[category] = rng.sample(range(4), 4)
-        row = make_question(videos[v], category, letters[category].pop(), rng, fps)
+        row = make_question(videos[v], category, letters[category].pop(), rng, fps if timestamps else None)
         row.update(
             videos=[f"videos/{split}/{v:05d}.mp4"], id=f"{split}-{v:05d}-{q % per_video}",
             events=videos[v], num_frames=num_frames, fps=fps,
@@ -318,7 +331,7 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
 
 
 def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
-             per_video: int = 4, seed: int = 0) -> dict:
+             per_video: int = 4, seed: int = 0, timestamps: bool = True) -> dict:
     """Write the benchmark to `out`; returns {split: number of questions}."""
     if size % 28 or size < 28:
         # Qwen's processor resizes every frame to multiples of 28 (patch 14 x merge 2); frames that
@@ -327,7 +340,7 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("test", test)):
-        videos, rows = make_split(split, n, frames, fps, per_video, seed)
+        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps)
         for v, events in enumerate(videos):
             write_mp4(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps)
         with open(out / f"{split}.jsonl", "w") as f:
@@ -336,9 +349,9 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     return {"train": train, "test": test}
 
 
-def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0) -> list[str]:
+def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0, timestamps: bool = True) -> list[str]:
     """Texts for training the tiny model's tokenizer: questions, options, reasoning and the prompt."""
-    _, rows = make_split("corpus", 4 * num_videos, frames, fps, 4, seed)
+    _, rows = make_split("corpus", 4 * num_videos, frames, fps, 4, seed, timestamps)
     texts = [SYSTEM_PROMPT, INSTRUCTION, INSTRUCTION_OPEN, "system", "user", "assistant"]
     for row in rows:
         texts += [row["problem"], *row["options"], row["reasoning"]]
@@ -474,11 +487,13 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=56, help="frame side in pixels, a multiple of 28")
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--per-video", type=int, default=4, help="questions per video")
+    parser.add_argument("--no-timestamps", action="store_true",
+                        help="reasoning without timestamps: about half the tokens, learnable by a tiny model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     counts = generate(args.out, args.train, args.test, args.frames, args.size, args.fps, args.per_video,
-                      args.seed)
+                      args.seed, not args.no_timestamps)
     print(f"wrote {counts['train']} train / {counts['test']} test questions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s")
 

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from minirl.data import IGNORE_INDEX, Example, load_jsonl
-from minirl.model import QwenVL, rope_index
+from minirl.model import QwenVL, next_position, rope_index
 from minirl.video import FrameSampling, VideoError, probe
 from sp import parallel_encode, split_video_embeds
 
@@ -117,34 +116,50 @@ def encode_videos(model: QwenVL, items: list[dict], group, parallel: bool, train
     return split_video_embeds(embeds, grid, model.config.spatial_merge_size)
 
 
-def positions_of(model: QwenVL, item: dict, input_ids: torch.Tensor) -> torch.Tensor:
-    """(3, 1, L) M-RoPE positions of a full sequence, computed once on the whole sequence."""
-    pos = rope_index(input_ids.cpu(), item["video_grid_thw"], item["second_per_grid_ts"], model.config)
-    return pos[:, None]
+def sequence_positions(model: QwenVL, item: dict, prompt_ids: torch.Tensor, response_len: int) -> torch.Tensor:
+    """(3, 1, L) M-RoPE positions of prompt + response, exactly as the sampler assigns them.
 
-
-def build_micro_batch(model: QwenVL, sequences: list[torch.Tensor], targets: list[torch.Tensor],
-                      video_embeds: list[torch.Tensor], items: list[dict]):
-    """Right-padded (input_ids (B, L), video_embeds (N, C), positions (3, B, L), targets (B, L)).
-
-    Sequence b carries *its own* video (video_embeds[b], keyed to its prompt), concatenated in
-    batch order, which is the order its <|video_pad|> tokens are filled: frames can never land
-    in another sample. The embedding itself happens inside the sharded forward (sp.py).
+    The prompt's 3-D positions come from its video grid; response token t sits at
+    max(prompt positions) + 1 + t on all three axes (transformers' rope_deltas rule for
+    generated tokens). Recomputing the response's positions from the full sequence would put them
+    elsewhere whenever a video's time axis outruns its height/width, so the trainer never does.
     """
+    prompt = rope_index(prompt_ids.cpu(), item["video_grid_thw"], item["second_per_grid_ts"], model.config)
+    response = (next_position(prompt) + torch.arange(response_len)).expand(3, -1)  # (3, R)
+    return torch.cat([prompt, response], dim=1)[:, None]
+
+
+def build_micro_batch(model: QwenVL, prompts: list[torch.Tensor], responses: list[torch.Tensor],
+                      video_embeds: list[torch.Tensor], items: list[dict]) -> dict:
+    """A right-padded micro-batch of (prompt + response) sequences for sp_token_logprobs.
+
+    Returns input_ids (B, L), video_embeds (N, C), video_mask (B, L), positions (3, B, L) and
+    targets (B, L): at position i the token i + 1 when it is a response token, else IGNORE_INDEX.
+    Sequence b carries *its own* video (video_embeds[b], keyed to its prompt), concatenated in
+    batch order, which is the order the video slots are filled: frames can never land in another
+    sample. Only the prompt's <|video_pad|> tokens are slots; the same id inside a sampled
+    response is text, as it was for the sampler.
+    """
+    sequences = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
     L = max(len(s) for s in sequences)
     pad_id = model.config.pad_token_id or 0
-    ids = torch.full((len(sequences), L), pad_id, dtype=torch.long)
-    for b, s in enumerate(sequences):
-        ids[b, :len(s)] = s
-    positions = [positions_of(model, it, s) for it, s in zip(items, sequences, strict=True)]
-    pos = torch.cat([F.pad(p, (0, L - p.shape[2])) for p in positions], dim=1)  # (3, B, L)
-    tgt = torch.cat([F.pad(t[None], (0, L - len(t)), value=IGNORE_INDEX) for t in targets])  # (B, L)
-    return ids, torch.cat(video_embeds), pos, tgt
+    input_ids = torch.full((len(sequences), L), pad_id, dtype=torch.long)
+    video_mask = torch.zeros(len(sequences), L, dtype=torch.bool)
+    targets = torch.full((len(sequences), L), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros(3, len(sequences), L, dtype=torch.long)
+    for b, (p, r, item) in enumerate(zip(prompts, responses, items, strict=True)):
+        input_ids[b, :len(p) + len(r)] = sequences[b]
+        video_mask[b, :len(p)] = p == model.config.video_token_id
+        targets[b, len(p) - 1:len(p) + len(r) - 1] = r  # position i predicts token i + 1
+        positions[:, b, :len(p) + len(r)] = sequence_positions(model, item, p, len(r))[:, 0]
+    return dict(input_ids=input_ids, video_embeds=torch.cat(video_embeds), video_mask=video_mask,
+                positions=positions, targets=targets)
 
 
-def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
-    """targets[i] = labels[i + 1]: the log-prob at position i is of the token that follows it."""
-    return torch.cat([labels[1:], torch.tensor([IGNORE_INDEX])])
+def split_sft_item(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt ids, target ids) of an SFT example: the target is where labels are not ignored."""
+    start = int((item["labels"] != IGNORE_INDEX).nonzero()[0])
+    return item["input_ids"][:start], item["input_ids"][start:]
 
 
 def all_reduce_sum(value: float, group=None) -> float:
