@@ -143,6 +143,9 @@ class Trainer:
         self.rank, self.world, self.device, mesh = init_distributed(cfg.parallel.sp)
         self.sp_group, self.sp = mesh["sp"].get_group(), cfg.parallel.sp
         self.sp_rank, self.dp = mesh["sp"].get_local_rank(), mesh["dp"].size()
+        if cfg.rollout.n % cfg.algo.mini_batches:
+            raise ValueError(f"rollout.n={cfg.rollout.n} must divide by algo.mini_batches={cfg.algo.mini_batches}: "
+                             "each mini-batch takes the same share of every prompt's samples")
         if cfg.optim.batch_size % self.world:
             raise ValueError(f"optim.batch_size={cfg.optim.batch_size} prompts must divide by the world size "
                              f"{self.world}: every rank rolls out the same number of prompts")
@@ -350,10 +353,12 @@ class Trainer:
         cfg = self.cfg.algo
         sums: dict[str, float] = {}
         mb = cfg.micro_batch_size
-        size = -(-len(seqs) // cfg.mini_batches)
+        n, parts = self.cfg.rollout.n, cfg.mini_batches
+        # Mini-batch m holds samples [m*n/M, (m+1)*n/M) of *every* prompt: the same global
+        # mini-batches under every dp/sp layout (slicing each rank's list would not be).
+        minis = [[i for i in range(len(seqs)) if (i % n) * parts // n == m] for m in range(parts)]
         for _ in range(cfg.ppo_epochs):
-            for lo in range(0, len(seqs), size):
-                mini = list(range(lo, min(lo + size, len(seqs))))
+            for mini in minis:
                 tokens = sum(len(seqs[i].response) for i in mini)
                 global_tokens = all_reduce_sum(tokens) / self.sp  # SP ranks hold the same sequences
                 global_seqs = all_reduce_sum(len(mini)) / self.sp

@@ -1,0 +1,262 @@
+"""The training pipeline: layout-independent RL steps, sampler/trainer agreement, learning,
+exact resume, atomic checkpoints, bad videos, and a torchrun end-to-end smoke (SFT then RL).
+
+Workers run the real Trainer in spawned processes (gloo, torchrun's environment variables);
+they only write results to files, the assertions live here.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from minirl import synth
+from minirl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from minirl.tiny import build_tiny_model, default_corpus
+from minirl.trainer import load_dataset
+from minirl.video import VideoError
+
+ROOT = Path(__file__).resolve().parents[1]
+REWARD = '''
+def vowels(response, answer, example):
+    """A dense toy reward with variance from step 1: the fraction of vowels in the response."""
+    return sum(c in "aeiou" for c in response) / max(1, len(response))
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    synth.generate(root / "data", train=8, test=4, frames=64, per_video=2, seed=3)
+    build_tiny_model(root / "model", default_corpus(root / "data" / "train.jsonl"), seed=0)
+    (root / "reward.py").write_text(REWARD)
+    return root
+
+
+def rl_args(root, out, **overrides):
+    args = {
+        "model.path": root / "model", "data.train": root / "data/train.jsonl", "data.frames": 8,
+        "rollout.n": 4, "rollout.max_new_tokens": 10, "optim.batch_size": 4, "optim.lr": 1e-3,
+        "algo.micro_batch_size": 2, "algo.mini_batches": 2, "algo.kl_coef": 0.05,
+        "algo.reward": f"{root / 'reward.py'}:vowels", "run.out": out, "run.tensorboard": "false",
+    }
+    args.update(overrides)
+    return [x for k, v in args.items() for x in (f"--{k}", str(v))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(rank, world, port):
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    else:
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            os.environ.pop(key, None)
+
+
+def _rl_worker(rank, world, port, argv, steps, out_file, task):
+    _env(rank, world, port)
+    from minirl import config as C
+    from minirl.trainer import full_state
+    from train_rl import RLConfig, Trainer
+
+    result = {}
+    try:
+        trainer = Trainer(C.parse(RLConfig, argv))
+        if task == "logprobs":
+            trainer.rollout_model.load_state_dict(full_state(trainer.model), strict=False)
+            mine, _ = trainer.collect()
+            seqs = [s for part in trainer.share_with_group(mine) for s in part]
+            recomputed = trainer.logprobs(trainer.model, seqs)
+            result["diff"] = max(float((torch.tensor(s.sampler_logprobs) - r).abs().max())
+                                 for s, r in zip(seqs, recomputed, strict=True))
+            result["tokens"] = sum(len(s.response) for s in seqs)
+        else:
+            result["metrics"] = [trainer.step() for _ in range(steps)]
+            if task == "save":
+                trainer.save()
+            result["state"] = full_state(trainer.model)
+    except Exception as err:  # report to the parent, which asserts on it
+        result["error"] = f"{type(err).__name__}: {err}"
+    if rank == 0:
+        torch.save(result, out_file)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def run_rl(world, argv, tmp_path, steps=1, task="steps"):
+    out_file = tmp_path / f"result-{world}-{task}-{_free_port()}.pt"
+    mp.start_processes(_rl_worker, args=(world, _free_port(), argv, steps, str(out_file), task), nprocs=world,
+                       start_method="spawn")
+    result = torch.load(out_file, weights_only=False)
+    assert "error" not in result, result["error"]
+    return result
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_rl_step_is_independent_of_the_layout(setup, tmp_path):
+    """One step (2 mini-batches, KL on) under dp1xsp1, dp1xsp2 and dp2xsp2: the same weights.
+
+    lr 1e-4 (an RL-sized rate): Adam's first steps move every weight by about lr whatever the
+    gradient's size, so rounding-level gradient differences on near-zero gradients show up at
+    the scale of lr; at 1e-4 that stays well inside the 1e-5 tolerance.
+    """
+    lr = {"optim.lr": 1e-4}
+    before = run_rl(1, rl_args(setup, tmp_path / "r0", **lr), tmp_path, steps=0)["state"]
+    one = run_rl(1, rl_args(setup, tmp_path / "r1", **lr), tmp_path)
+    sp2 = run_rl(2, rl_args(setup, tmp_path / "r2", **lr, **{"parallel.sp": 2}), tmp_path)
+    dp2sp2 = run_rl(4, rl_args(setup, tmp_path / "r4", **lr, **{"parallel.sp": 2}), tmp_path)
+    assert max_diff(one["state"], before) > 1e-4  # the step really changed the weights (2 Adam steps)
+    assert one["metrics"][0]["reward/std"] > 0
+    assert max_diff(sp2["state"], one["state"]) <= 1e-5
+    assert max_diff(dp2sp2["state"], one["state"]) <= 1e-5
+    print("weights max |diff|: sp2", max_diff(sp2["state"], one["state"]), "dp2sp2",
+          max_diff(dp2sp2["state"], one["state"]), "changed by", max_diff(one["state"], before))
+    for key in ("reward/overall", "actor/pg_loss", "actor/kl_loss", "response_length/mean"):
+        assert sp2["metrics"][0][key] == pytest.approx(one["metrics"][0][key], abs=1e-5)
+        print(key, one["metrics"][0][key], sp2["metrics"][0][key], dp2sp2["metrics"][0][key])
+        assert dp2sp2["metrics"][0][key] == pytest.approx(one["metrics"][0][key], abs=1e-5)
+
+
+def test_sampler_logprobs_equal_trainer_recompute(setup, tmp_path):
+    """Same embeddings, same positions: sampler and sequence-parallel trainer agree (fp32)."""
+    result = run_rl(2, rl_args(setup, tmp_path / "lp", **{"parallel.sp": 2, "rollout.max_new_tokens": 16}),
+                    tmp_path, task="logprobs")
+    assert result["tokens"] > 50
+    assert result["diff"] <= 1e-4
+
+
+def test_rl_raises_an_easy_reward(setup, tmp_path):
+    argv = rl_args(setup, tmp_path / "easy", **{"optim.batch_size": 2, "rollout.n": 8, "algo.kl_coef": 0,
+                                                  "algo.mini_batches": 1, "optim.lr": 1e-2})
+    metrics = run_rl(1, argv, tmp_path, steps=15)["metrics"]
+    rewards = [m["reward/overall"] for m in metrics]
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.05, rewards
+
+
+def test_resume_is_exact(setup, tmp_path):
+    """4 steps straight == 2 steps, checkpoint, resume, 2 more (CPU fp32)."""
+    straight = run_rl(1, rl_args(setup, tmp_path / "a", **{"optim.steps": 4}), tmp_path, steps=4)
+    run_rl(1, rl_args(setup, tmp_path / "b", **{"optim.steps": 4}), tmp_path, steps=2, task="save")
+    assert latest_checkpoint(tmp_path / "b").name == "step-000002"
+    resumed = run_rl(1, rl_args(setup, tmp_path / "b", **{"optim.steps": 4, "run.resume": "true"}), tmp_path,
+                     steps=2)
+    assert all(torch.equal(straight["state"][k], resumed["state"][k]) for k in straight["state"])
+    assert resumed["metrics"][-1]["reward/overall"] == straight["metrics"][-1]["reward/overall"]
+
+
+def test_checkpoint_is_atomic_under_a_crash(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    good = save_checkpoint(tmp_path, 1, model, optimizer, extra={"cursor": 8})
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    real_save = torch.save
+
+    def crash_on_optimizer(obj, path, *args, **kwargs):
+        if Path(path).name == "optimizer.pt":
+            raise KeyboardInterrupt("killed mid-save")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", crash_on_optimizer)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 2, model, optimizer)
+    monkeypatch.undo()
+    assert (tmp_path / ".tmp-step-000002").exists() and not (tmp_path / "step-000002").exists()
+    assert latest_checkpoint(tmp_path) == good
+    state = load_checkpoint(good, model, optimizer)
+    assert state == {"step": 1, "extra": {"cursor": 8}}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_bad_videos_are_reported_never_substituted(setup, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(setup / "data", data)
+    victim = data / "videos/train/00001.mp4"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])  # truncated
+    with pytest.raises(VideoError, match="00001.mp4"):
+        load_dataset(data / "train.jsonl", None, "error")
+    kept = load_dataset(data / "train.jsonl", None, "drop")
+    assert len(kept) == 6 and all(ex.video != victim for ex in kept)
+
+    # videos that break after start-up: the step names the example, the file and the step, and stops
+    argv = rl_args(setup, tmp_path / "bad", **{"data.train": data / "train.jsonl", "data.bad_videos": "drop"})
+    out_file = tmp_path / "bad.pt"
+    mp.start_processes(_break_then_step, args=(argv, str(out_file), str(data / "videos/train")), nprocs=1,
+                       start_method="spawn")
+    error = torch.load(out_file, weights_only=False)["error"]
+    assert error and "step 1" in error and "cannot use example" in error and ".mp4" in error, error
+
+
+def _break_then_step(rank, argv, out_file, video_dir):
+    _env(0, 1, 0)
+    from minirl import config as C
+    from train_rl import RLConfig, Trainer
+
+    trainer = Trainer(C.parse(RLConfig, argv))
+    for video in Path(video_dir).glob("*.mp4"):  # corrupted while the run is going
+        video.write_bytes(video.read_bytes()[:200])
+    try:
+        trainer.step()
+        result = {"error": None}
+    except RuntimeError as err:
+        result = {"error": str(err)}
+    torch.save(result, out_file)
+    dist.destroy_process_group()
+
+
+def test_sft_lowers_the_loss(setup, tmp_path):
+    out = tmp_path / "sft"
+    cmd = [sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(setup / "model"),
+           "--data.train", str(setup / "data/train.jsonl"), "--data.frames", "8", "--optim.steps", "10",
+           "--optim.batch_size", "4", "--optim.lr", "3e-3", "--optim.warmup_steps", "1", "--run.out", str(out),
+           "--run.tensorboard", "false"]
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    losses = [json.loads(line)["sft/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 10 and sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_torchrun_sft_then_rl_end_to_end(setup, tmp_path):
+    """The product path: torchrun (2 processes, sp=2) SFT, then RL from SFT's export, then load it."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(_free_port())]
+    common = ["--data.train", str(setup / "data/train.jsonl"), "--data.test", str(setup / "data/test.jsonl"),
+              "--data.frames", "8", "--parallel.sp", "2", "--eval.max_new_tokens", "8", "--run.tensorboard", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sft = subprocess.run([*torchrun, "train_sft.py", "--model.path", str(setup / "model"), *common,
+                          "--optim.steps", "2", "--optim.batch_size", "2", "--run.out", str(tmp_path / "sft")],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    torchrun[-1] = str(_free_port())
+    rl = subprocess.run([*torchrun, "train_rl.py", "--model.path", str(tmp_path / "sft/hf"), *common,
+                         "--optim.steps", "2", "--optim.batch_size", "2", "--rollout.n", "2",
+                         "--rollout.max_new_tokens", "8", "--run.out", str(tmp_path / "rl")],
+                        cwd=ROOT, env=env, capture_output=True, text=True)
+    assert rl.returncode == 0, rl.stderr[-3000:]
+    assert "Overall" in rl.stdout
+    rows = [json.loads(line) for line in (tmp_path / "rl/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows[:2]] == [1, 2] and "timing_s/rollout" in rows[0]
+    Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "rl/hf")  # the export loads
