@@ -245,15 +245,15 @@ class Trainer:
             prompts = [(self.rollout_model.embed(it["input_ids"], self.cache[it["key"]])[None], pos)
                        for it, pos in zip(items, positions, strict=True)]
             samples = sample(self.rollout_model, prompts, params, cfg.prefill_chunk, seeds=seeds).samples
-        else:  # ablation: every rollout re-encodes its video and prefills its own copy of the prompt
-            samples = []
-            for p, (it, pos) in enumerate(zip(items, positions, strict=True)):
-                for j in range(cfg.n):
-                    prompt = (self.rollout_model.embed(it["input_ids"], self.video_embeds(it))[None], pos)
-                    one = dataclasses.replace(params, n=1)
-                    s = sample(self.rollout_model, [prompt], one, cfg.prefill_chunk, seeds=[seeds[p] + j]).samples[0]
-                    s.prompt_index = p
-                    samples.append(s)
+        else:  # ablation (the naive baseline): every rollout re-encodes its video and prefills its own
+            # copy of the prompt, the n copies batched together (what generate(num_return_sequences=n) does)
+            copies = [(self.rollout_model.embed(it["input_ids"], self.video_embeds(it))[None], pos)
+                      for it, pos in zip(items, positions, strict=True) for _ in range(cfg.n)]
+            one = dataclasses.replace(params, n=1)
+            copy_seeds = [seed + j for seed in seeds for j in range(cfg.n)]  # sample j of prompt p, as above
+            samples = sample(self.rollout_model, copies, one, cfg.prefill_chunk, seeds=copy_seeds).samples
+            for s in samples:
+                s.prompt_index //= cfg.n
         sequences = []
         for s in samples:
             it = items[s.prompt_index]
