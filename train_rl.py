@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 from transformers import AutoProcessor
 
 from eval import evaluate, print_table
@@ -324,11 +325,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ 5-6. log-probs + update
 
-    def micro_inputs(self, model, seqs: list[Sequence]) -> dict:
-        """Right-padded micro-batch of (prompt + response) sequences, each with its own cached video."""
+    def micro_inputs(self, model, seqs: list[Sequence], for_update: bool = False) -> dict:
+        """Right-padded micro-batch of (prompt + response) sequences, each with its own cached video.
+
+        With a trainable vision tower the update encodes its micro-batch's videos again, with
+        gradients (stage 1 again, across the SP group); the cache still serves the rollout and
+        the old/ref forwards.
+        """
         items = [self.items[s.key] for s in seqs]
         responses = [torch.tensor(s.response, dtype=torch.long) for s in seqs]
-        video = [self.video_embeds(it) for it in items]
+        if for_update and self.cfg.model.train_vision:
+            video = encode_videos(self.model, items, self.sp_group, self.cfg.parallel.parallel_encode, True)
+        else:
+            video = [self.video_embeds(it) for it in items]
         return build_micro_batch(model, [s.prompt_ids for s in seqs], responses, video, items)
 
     def sp_logprobs(self, model, batch: dict, with_entropy: bool = False):
@@ -365,7 +374,7 @@ class Trainer:
                 for m in range(0, len(mini), mb):
                     idx = mini[m:m + mb]
                     micro = [seqs[i] for i in idx]
-                    batch = self.micro_inputs(self.model, micro)
+                    batch = self.micro_inputs(self.model, micro, for_update=True)
                     logp, entropy = self.sp_logprobs(self.model, batch, with_entropy=True)
                     mask = batch["targets"] != IGNORE_INDEX  # (B, L)
                     old_logp = torch.zeros_like(logp)
@@ -482,8 +491,10 @@ PRINTED = ["reward/overall", "reward/accuracy", "reward/format", "actor/pg_loss"
 def main(argv):
     cfg = C.parse(RLConfig, argv)
     trainer = Trainer(cfg)
+    bar = tqdm(total=cfg.optim.steps, initial=trainer.step_num, desc="rl", disable=trainer.rank != 0)
     while trainer.step_num < cfg.optim.steps:
         metrics = trainer.step()
+        bar.update(1)
         step = trainer.step_num
         if trainer.test and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.optim.steps:
             metrics.update({f"eval/{k}": v for k, v in trainer.evaluate()["overall"].items()})

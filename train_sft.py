@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 from transformers import AutoProcessor
 
 from eval import evaluate, print_table
@@ -111,7 +112,7 @@ def main(argv):
             print(f"resumed from {ckpt} at step {start}", file=sys.stderr)
 
     per_group = cfg.optim.batch_size // dp
-    for step in range(start, cfg.optim.steps):
+    for step in tqdm(range(start, cfg.optim.steps), desc="sft", disable=rank != 0):
         t0 = time.time()
         indices = global_indices(len(train), cfg.run.seed, step * cfg.optim.batch_size, cfg.optim.batch_size)
         mine = indices[dp_rank * per_group:(dp_rank + 1) * per_group]  # this SP group's sequences
