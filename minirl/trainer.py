@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from minirl.data import IGNORE_INDEX, Example, load_jsonl
 from minirl.model import QwenVL, next_position, rope_index
@@ -95,8 +96,22 @@ def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio:
 
 
 def clip_grad_norm(model, max_norm: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    """Clip by the global gradient norm; returns the norm before clipping.
+
+    The sharded (DTensor) gradients and the replicated vision-tower ones are normed separately
+    (DTensor ops refuse a mix), then combined: sqrt(sharded^2 + replicated^2).
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    groups = [[g for g in grads if isinstance(g, DTensor)], [g for g in grads if not isinstance(g, DTensor)]]
+    norms = []
+    for group in groups:
+        if group:
+            norm = torch.nn.utils.get_total_norm(group)
+            norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    for group in groups:
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return float(total)
 
 
 def encode_videos(model: QwenVL, items: list[dict], group, parallel: bool, train_vision: bool) -> list[torch.Tensor]:

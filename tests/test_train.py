@@ -260,3 +260,14 @@ def test_torchrun_sft_then_rl_end_to_end(setup, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "rl/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows[:2]] == [1, 2] and "timing_s/rollout" in rows[0]
     Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "rl/hf")  # the export loads
+
+
+def test_trainable_vision_tower_matches_one_process(setup, tmp_path):
+    """With --model.train_vision the update re-encodes with gradients across the SP group."""
+    args = {"optim.lr": 1e-4, "model.train_vision": "true", "algo.mini_batches": 1}
+    one = run_rl(1, rl_args(setup, tmp_path / "v1", **args), tmp_path)
+    sp2 = run_rl(2, rl_args(setup, tmp_path / "v2", **args, **{"parallel.sp": 2}), tmp_path)
+    before = run_rl(1, rl_args(setup, tmp_path / "v0", **args), tmp_path, steps=0)["state"]
+    vision = [k for k in before if k.startswith("visual.")]
+    assert max(float((one["state"][k] - before[k]).abs().max()) for k in vision) > 1e-5  # it trained
+    assert max_diff(sp2["state"], one["state"]) <= 1e-5
