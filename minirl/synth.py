@@ -272,24 +272,75 @@ TEMPLATES = {
 }
 
 
+# Easy mode (--easy): one template per category whose four options are the same fixed list in
+# the same order for every question (quadrants, colours, counts 5-8), so the answer letter is a
+# fixed function of what was seen and a tiny model need not learn to look options up; the chain
+# of thought names exactly the seen fact the answer rests on. Each returns (problem, choices,
+# task, evidence, index of the answer).
+COUNTS = tuple(range(EVENTS_PER_VIDEO[0], EVENTS_PER_VIDEO[1] + 1))
+assert len(COUNTS) == 4
+
+
+def e_first_colour(events, rng, fps):
+    e = events[0]
+    choices = list(COLOURS)
+    return ("What colour was the first shape?", choices, dict(kind="first_colour"),
+            f"The first shape is the {name(e)}.", choices.index(e["colour"]))
+
+
+def e_where(events, rng, fps):
+    i = rng.choice(_statics(events))
+    e = events[i]
+    choices = list(QUADRANTS)
+    return (f"Where did the {name(e)} appear?", choices, dict(kind="where", subject=i),
+            f"The {name(e)} appears at the {e['pos']}.", choices.index(e["pos"]))
+
+
+def e_heading(events, rng, fps):
+    i = _mover(events)
+    e = events[i]
+    choices = list(QUADRANTS)
+    return (f"The {name(e)} moves across the screen. Where is it heading?", choices,
+            dict(kind="heading", subject=i), f"The {name(e)} moves to the {e['to']}.", choices.index(e["to"]))
+
+
+def e_count(events, rng, fps):
+    choices = list(COUNTS)
+    seen = "Shapes appear: " + ", ".join(e["colour"] for e in events)
+    return ("How many shapes appeared in the video?", choices, dict(kind="count"),
+            f"{seen}: {len(events)} in total.", choices.index(len(events)))
+
+
+EASY_TEMPLATES = {
+    "Temporal": e_first_colour,
+    "Spatial": e_where,
+    "Goal & Purpose": e_heading,
+    "Plot & Narrative": e_count,
+}
+
+
 def option_text(events: list[dict], kind: str, choice) -> str:
     """How a structured choice reads as an option: an event index, a quadrant, a count or an order."""
-    if kind in ("where", "heading", "count"):
+    if kind in ("where", "heading", "count", "first_colour"):
         return str(choice)
     if kind == "order":
         return ", ".join(name(events[j]) for j in choice)
     return name(events[choice])
 
 
-def make_question(events, category, slot, rng, fps) -> dict:
-    """One multiple-choice question of `category` whose answer is the letter LETTERS[slot]."""
-    templates = list(TEMPLATES[category])
-    rng.shuffle(templates)
-    for template in templates:
-        made = template(events, rng, slot, fps)
-        if made is not None:
-            break
-    problem, choices, task, evidence = made
+def make_question(events, category, slot, rng, fps, easy: bool = False) -> dict:
+    """One multiple-choice question of `category` whose answer is the letter LETTERS[slot]
+    (easy: the letter of the answer in the fixed option list; `slot` is ignored)."""
+    if easy:
+        problem, choices, task, evidence, slot = EASY_TEMPLATES[category](events, rng, fps)
+    else:
+        templates = list(TEMPLATES[category])
+        rng.shuffle(templates)
+        for template in templates:
+            made = template(events, rng, slot, fps)
+            if made is not None:
+                break
+        problem, choices, task, evidence = made
     task["choices"] = choices
     letter = LETTERS[slot]
     return dict(
@@ -303,7 +354,7 @@ def make_question(events, category, slot, rng, fps) -> dict:
 
 
 def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_video: int, seed: int,
-               timestamps: bool = True):
+               timestamps: bool = True, easy: bool = False):
     """(videos, rows): the event scripts and the jsonl rows of one split, no files written.
 
     Question q has category CATEGORIES[q % 4]; each category deals its answer letters from
@@ -321,7 +372,8 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
         category = CATEGORIES[q % len(CATEGORIES)]
         if not letters[category]:
             letters[category] = rng.sample(range(4), 4)
-        row = make_question(videos[v], category, letters[category].pop(), rng, fps if timestamps else None)
+        row = make_question(videos[v], category, letters[category].pop(), rng, fps if timestamps else None,
+                            easy)
         row.update(
             videos=[f"videos/{split}/{v:05d}.mp4"], id=f"{split}-{v:05d}-{q % per_video}",
             events=videos[v], num_frames=num_frames, fps=fps,
@@ -331,7 +383,7 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
 
 
 def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
-             per_video: int = 4, seed: int = 0, timestamps: bool = True) -> dict:
+             per_video: int = 4, seed: int = 0, timestamps: bool = True, easy: bool = False) -> dict:
     """Write the benchmark to `out`; returns {split: number of questions}."""
     if size % 28 or size < 28:
         # Qwen's processor resizes every frame to multiples of 28 (patch 14 x merge 2); frames that
@@ -340,7 +392,7 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("test", test)):
-        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps)
+        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy)
         for v, events in enumerate(videos):
             write_mp4(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps)
         with open(out / f"{split}.jsonl", "w") as f:
@@ -349,9 +401,10 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     return {"train": train, "test": test}
 
 
-def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0, timestamps: bool = True) -> list[str]:
+def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0, timestamps: bool = True,
+           easy: bool = False) -> list[str]:
     """Texts for training the tiny model's tokenizer: questions, options, reasoning and the prompt."""
-    _, rows = make_split("corpus", 4 * num_videos, frames, fps, 4, seed, timestamps)
+    _, rows = make_split("corpus", 4 * num_videos, frames, fps, 4, seed, timestamps, easy)
     texts = [SYSTEM_PROMPT, INSTRUCTION, INSTRUCTION_OPEN, "system", "user", "assistant"]
     for row in rows:
         texts += [row["problem"], *row["options"], row["reasoning"]]
@@ -394,6 +447,15 @@ def oracle_candidates(row: dict, indices) -> list[int]:
         return [k for k in everything if choices[k] not in seen] if possible else []
 
     kind = task["kind"]
+    if kind == "first_colour":
+        if not seen:
+            return everything
+        first = min(seen, key=lambda i: seen[i][0])
+        found = choices.index(events[first]["colour"])
+        hidden = {events[i]["colour"] for i in range(len(events)) if i not in seen}
+        if room(-1, seen[first][0]):
+            return sorted({found} | {choices.index(c) for c in hidden}) if hidden else [found]
+        return [found]
     if kind == "after":
         x = task["subject"]
         if x not in seen:
@@ -489,11 +551,13 @@ def main(argv=None):
     parser.add_argument("--per-video", type=int, default=4, help="questions per video")
     parser.add_argument("--no-timestamps", action="store_true",
                         help="reasoning without timestamps: about half the tokens, learnable by a tiny model")
+    parser.add_argument("--easy", action="store_true",
+                        help="one template per category with fixed option lists (a tiny-model demo)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     counts = generate(args.out, args.train, args.test, args.frames, args.size, args.fps, args.per_video,
-                      args.seed, not args.no_timestamps)
+                      args.seed, not args.no_timestamps, args.easy)
     print(f"wrote {counts['train']} train / {counts['test']} test questions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s")
 

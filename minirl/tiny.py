@@ -178,7 +178,9 @@ def default_corpus(path=None) -> list[str]:
         from minirl.synth import corpus
 
         return list(corpus())
-    texts = []
+    from minirl.data import INSTRUCTION, INSTRUCTION_OPEN, SYSTEM_PROMPT
+
+    texts = [SYSTEM_PROMPT, INSTRUCTION, INSTRUCTION_OPEN]
     for line in Path(path).read_text().splitlines():
         if line.strip():
             row = json.loads(line)
