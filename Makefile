@@ -15,7 +15,7 @@ demo: $(VENV)/.installed
 	$(PY) demo.py --out $(RUN)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
