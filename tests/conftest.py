@@ -17,12 +17,14 @@ CORPUS = [
 ODD = dict(hidden=72, layers=3, heads=3, kv_heads=1, ffn=100, v_hidden=48, v_depth=3, v_heads=2)
 
 
-def write_mp4(path, frames: np.ndarray, fps: float = 4.0):
-    """Write uint8 frames (T, H, W, 3) as an H.264 mp4 with PyAV."""
+def write_mp4(path, frames: np.ndarray, fps: float = 4.0, crf: int | None = None):
+    """Write uint8 frames (T, H, W, 3) as an H.264 mp4 with PyAV (crf: quality, lower is closer)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=int(fps))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
+        if crf is not None:
+            stream.codec_context.options = {"threads": "1", "crf": str(crf)}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -54,3 +56,13 @@ def mp4_path(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The tests run thousands of tiny ops; on a small shared CPU every multi-threaded op waits for
+    a descheduled second thread (130 s instead of 2 s seen here). One thread is plenty."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

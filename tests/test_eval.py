@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from transformers import AutoProcessor
 
 import eval as ev
@@ -15,14 +14,6 @@ from minirl.video import FrameSampling
 
 ARGS = ["--frames", "8", "--max-new-tokens", "6", "--batch-size", "3", "--device", "cpu"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Thousands of tiny ops: one thread avoids waiting on a descheduled second one on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

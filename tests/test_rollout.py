@@ -14,15 +14,6 @@ QUESTIONS = ["What colour came first?", "Which block moved to the right, and how
              "Colour?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Decoding a tiny model is thousands of tiny ops: on a shared, busy CPU, every multi-threaded op
-    waits for its descheduled second thread (130 s instead of 2 s here). One thread is plenty."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model(tiny_dir):

@@ -1,8 +1,8 @@
 """Frame sampling policy, decoding real mp4 files, errors, pixel budget and token counts."""
 
-import av
 import numpy as np
 import pytest
+from conftest import write_mp4
 from transformers import Qwen2VLVideoProcessor
 
 from minirl.video import (
@@ -22,17 +22,7 @@ FPS = 8
 
 
 def write(path, frames, fps=FPS):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.options = {"threads": "1", "crf": "10"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_mp4(path, frames, fps, crf=10)
 
 
 def grey_level(t):
