@@ -485,11 +485,15 @@ class _StepPeak(PeakMemory):
 
 
 def _mrsp_worker(rank, world, port, argv, steps, log_path, out_path):
-    """One (variant, frames) run in fresh processes: train_rl's Trainer, 1 warm-up step, `steps` timed steps.
+    """One (variant, frames) run in fresh processes: train_rl's Trainer, 1 warm-up step, `steps` timed steps,
+    1 memory step.
 
-    Per timed step: train_rl's timing_s/* breakdown, this process's CPU seconds, the seconds inside the vision
-    tower, and the peak resident memory the step added (`_StepPeak`; fresh processes, so no other run's
-    peak leaks in).
+    Per timed step: train_rl's timing_s/* breakdown, this process's CPU seconds and the seconds inside the
+    vision tower. The memory step: the peak resident memory it adds (`_StepPeak`), with glibc told to return
+    every freed block of 64 KiB or more to the OS, so the resident set follows the live tensors (as CUDA's
+    max_memory_allocated does) rather than the heap's history: by default glibc's adaptive threshold keeps an
+    earlier stage's freed buffers resident, which put an allocator-dependent ~100 MB on every figure. That
+    costs page faults, hence a step of its own. Fresh processes: no other run's peak leaks in.
     Everything the trainer prints goes to `log_path`, so the bench's own output stays a table.
     """
     from minirl import config as C
@@ -509,14 +513,18 @@ def _mrsp_worker(rank, world, port, argv, steps, log_path, out_path):
         dist.barrier()
         clock.seconds, clock.calls = 0.0, 0
         cpu = time.process_time()
-        with _StepPeak(trainer.device) as mem:
-            metrics = trainer.step()
+        metrics = trainer.step()
         row = {k.removeprefix("timing_s/"): v for k, v in metrics.items() if k.startswith("timing_s/")}
-        rows.append(dict(row, cpu=time.process_time() - cpu, vision=clock.seconds, vision_calls=clock.calls,
-                         peak_mb=mem.peak / 2**20))
+        rows.append(dict(row, cpu=time.process_time() - cpu, vision=clock.seconds, vision_calls=clock.calls))
+    libc = ctypes.CDLL(None)
+    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: blocks >= 64 KiB are mmap'd, unmapped when freed
+    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD: glibc's default, which the adaptive rule may have raised
+    dist.barrier()
+    with _StepPeak(trainer.device) as mem:
+        trainer.step()
     prompts = [it["input_ids"] for it in trainer.items.values()]
     video_id = trainer.model.config.video_token_id
-    mine = dict(steps=rows, prompt_tokens=max(len(p) for p in prompts),
+    mine = dict(steps=rows, peak_mb=mem.peak / 2**20, prompt_tokens=max(len(p) for p in prompts),
                 video_tokens=max(int((p == video_id).sum()) for p in prompts), rss_mb=_StepPeak.rss() / 2**20)
     every = [None] * world
     dist.all_gather_object(every, mine)
@@ -549,10 +557,10 @@ def _mrsp_run(work: Path, model_dir: Path, variant: str, frames: int, args) -> d
     steps = [{k: max(r["steps"][i][k] for r in ranks) for k in ranks[0]["steps"][i]} for i in range(args.steps)]
     for i, step in enumerate(steps):  # CPU: the work of both processes together
         step["cpu"] = sum(r["steps"][i]["cpu"] for r in ranks)
-    breakdown = {k: statistics.median(s[k] for s in steps) for k in steps[0] if k != "peak_mb"}
+    breakdown = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
     row = dict(variant=variant, frames=frames, seconds=breakdown.pop("step"), cpu_s=breakdown.pop("cpu"),
                times_s=[s["step"] for s in steps],
-               breakdown_s=breakdown, peak_mb=max(s["peak_mb"] for s in steps),
+               breakdown_s=breakdown, peak_mb=max(r["peak_mb"] for r in ranks),
                rss_after_mb=max(r["rss_mb"] for r in ranks), prompt_tokens=ranks[0]["prompt_tokens"],
                video_tokens=ranks[0]["video_tokens"], run_wall_s=time.perf_counter() - start)
     print(f"{frames:>6} {variant:<9} {row['seconds']:>7.2f} s/step  {row['cpu_s']:>6.2f} CPU s  "
@@ -564,7 +572,7 @@ def _mrsp_run(work: Path, model_dir: Path, variant: str, frames: int, args) -> d
 def mrsp_args(parser):
     parser.add_argument("--frames", type=int, nargs="+", default=None,
                         help="frame counts, ascending (default 16 32 64 128 256 512; --quick: 16 32 64 128)")
-    parser.add_argument("--quick", action="store_true", help="small frame counts only (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="frames 16 32 64 128 only (about 4 minutes)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per run, after 1 warm-up step (median)")
     parser.add_argument("--prompts", type=int, default=2, help="prompts (videos) per step, whole world")
     parser.add_argument("--n", type=int, default=4, help="rollouts per prompt")
@@ -586,7 +594,8 @@ def _largest_within(rows, budget_mb: float) -> tuple[int | None, int | None]:
     return largest, min(over, default=None)
 
 
-def _mrsp_plot(path, rows, frames, budget_mb):
+def _mrsp_plot(path, rows, frames, budget_mb: float | None):
+    """Seconds per step vs frames (log-x), one line per variant; hollow markers: runs over the memory budget."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -596,13 +605,14 @@ def _mrsp_plot(path, rows, frames, budget_mb):
     for variant in MRSP_VARIANTS:
         runs = [r for r in rows if r["variant"] == variant and "error" not in r]
         line, = ax.plot([r["frames"] for r in runs], [r["seconds"] for r in runs], "o-", label=MRSP_LABELS[variant])
-        over = [r for r in runs if r["peak_mb"] > budget_mb]  # hollow: beyond the memory budget
+        over = [r for r in runs if budget_mb is not None and r["peak_mb"] > budget_mb]
         ax.plot([r["frames"] for r in over], [r["seconds"] for r in over], "o", mfc="white", color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xticks(frames, [str(f) for f in frames])
     ax.set_xlabel("frames per video")
     ax.set_ylabel("seconds per RL step")
-    ax.set_title(f"MR-SP, 2 processes (hollow: over the {budget_mb:.0f} MB budget)", fontsize=10)
+    budget = f" (hollow: over the {budget_mb:.0f} MB per-process budget)" if budget_mb is not None else ""
+    ax.set_title(f"RL step time, 2 processes{budget}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -616,8 +626,8 @@ def bench_mrsp(args):
     One Trainer step of train_rl.py, as a user runs it: 2 processes (gloo, 1 thread each, spawned here), the
     same model, data and global batch for every variant (--prompts prompts x --n rollouts of --new-tokens
     tokens, KL on so a reference forward runs, 2 mini-batches so old log-probs are recomputed, one sequence
-    per forward). Every (variant, frames) pair runs in fresh processes: 1 warm-up step, then the median of
-    --steps timed steps. Memory is the peak resident memory a step adds, worst rank.
+    per forward). Every (variant, frames) pair runs in fresh processes: 1 warm-up step, the median of --steps
+    timed steps, then 1 memory step: the peak resident memory it adds, worst rank (see `_mrsp_worker`).
     """
     from transformers import AutoConfig
 
@@ -640,12 +650,12 @@ def bench_mrsp(args):
     print(f"  bench / 7B ratio: {ratio['bench'] / ratio['qwen2.5-vl-7b']:.3f}")
     print(f"workload: {args.prompts} prompts x n={args.n} rollouts x {args.new_tokens} new tokens, KL on, "
           f"2 mini-batches, 1 sequence per forward; {args.frame_size}x{args.frame_size} frames;\n2 processes, gloo, "
-          f"1 thread each; 1 warm-up + {args.steps} timed steps per run, fresh processes per run\n", flush=True)
+          f"1 thread each; fresh processes per run: 1 warm-up, {args.steps} timed steps, 1 memory step\n", flush=True)
 
+    # Workers are forked from a server that imported torch, transformers and train_rl once (seconds saved per
+    # run) and never ran a step: every run still gets fresh processes. One thread each.
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
-    # Workers are forked from a server that imported torch, transformers and train_rl once (seconds per run
-    # saved) and never ran a step: every run still gets fresh processes.
     mp.set_forkserver_preload(["__main__", "train_rl"])
     rows = []
     try:
@@ -747,7 +757,7 @@ def bench_mrsp(args):
             speedup_cpu={k: {str(f): x for f, x in d.items()} for k, d in speedup_cpu.items()},
             memory=dict(budget_mb=budget, budget=budget_why, longest_within_budget=longest), targets=targets))
     if args.plot:
-        _mrsp_plot(args.plot, rows, frames, budget if budget is not None else float("inf"))
+        _mrsp_plot(args.plot, rows, frames, budget)
 
 
 # ----------------------------------------------------------------------------- main
