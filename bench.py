@@ -459,9 +459,15 @@ class _VisionClock:
 
 
 class _StepPeak(PeakMemory):
-    """`PeakMemory` without its polling thread on CPU, so the timed step runs undisturbed: the kernel's own
-    high-water mark of the resident set (VmHWM), reset on entry by writing 5 to /proc/self/clear_refs, is
-    exact. CUDA: unchanged (torch's max_memory_allocated)."""
+    """`PeakMemory` for a whole RL step on CPU, with the resident set made to follow the live tensors.
+
+    The peak is the kernel's own high-water mark of the resident set (VmHWM), reset on entry by writing 5
+    to /proc/self/clear_refs: exact, no polling. But glibc keeps freed heap blocks resident and reuses them
+    in another order, so a step's RSS peak also counts whatever earlier stages freed (by default about
+    100 MB of allocator history on every figure here). So a thread hands freed pages back to the OS every
+    2 ms (malloc_trim) while the step runs, as CUDA's max_memory_allocated counts live tensors only. That
+    slows the step, so the bench times other steps. CUDA: unchanged.
+    """
 
     @staticmethod
     def hwm() -> int:
@@ -476,11 +482,22 @@ class _StepPeak(PeakMemory):
         self._base = self.rss()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM := the current resident set
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trim, daemon=True)
+        self._thread.start()
         return self
+
+    def _trim(self):
+        libc = ctypes.CDLL(None)
+        while not self._stop.is_set():
+            libc.malloc_trim(0)  # every arena: free pages go back to the OS (ctypes releases the GIL)
+            time.sleep(0.002)
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             return super().__exit__(*exc)
+        self._stop.set()
+        self._thread.join()
         self.peak = self.hwm() - self._base
 
 
@@ -489,11 +506,8 @@ def _mrsp_worker(rank, world, port, argv, steps, log_path, out_path):
     1 memory step.
 
     Per timed step: train_rl's timing_s/* breakdown, this process's CPU seconds and the seconds inside the
-    vision tower. The memory step: the peak resident memory it adds (`_StepPeak`), with glibc told to return
-    every freed block of 64 KiB or more to the OS, so the resident set follows the live tensors (as CUDA's
-    max_memory_allocated does) rather than the heap's history: by default glibc's adaptive threshold keeps an
-    earlier stage's freed buffers resident, which put an allocator-dependent ~100 MB on every figure. That
-    costs page faults, hence a step of its own. Fresh processes: no other run's peak leaks in.
+    vision tower. The memory step: the peak resident memory it adds (`_StepPeak`, which slows the step it
+    measures, hence a step of its own). Fresh processes: no other run's peak leaks in.
     Everything the trainer prints goes to `log_path`, so the bench's own output stays a table.
     """
     from minirl import config as C
@@ -516,9 +530,6 @@ def _mrsp_worker(rank, world, port, argv, steps, log_path, out_path):
         metrics = trainer.step()
         row = {k.removeprefix("timing_s/"): v for k, v in metrics.items() if k.startswith("timing_s/")}
         rows.append(dict(row, cpu=time.process_time() - cpu, vision=clock.seconds, vision_calls=clock.calls))
-    libc = ctypes.CDLL(None)
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: blocks >= 64 KiB are mmap'd, unmapped when freed
-    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD: glibc's default, which the adaptive rule may have raised
     dist.barrier()
     with _StepPeak(trainer.device) as mem:
         trainer.step()
@@ -583,6 +594,15 @@ def mrsp_args(parser):
                              "peak at the second-largest frame count)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--plot", default=None, help="also plot seconds per step vs frames to this PNG")
+
+
+def _cache_speedup_from_flops(n: int, r: float) -> float:
+    """(a)/(b) from FLOPs alone for this workload, in decoder passes over one prompt per prompt (r: the vision
+    tower's cost per pass). Naive: the tower runs for each of the n rollouts and for every old, ref and update
+    forward (4n r), each rollout prefills its own copy (n); cached: one encode (r), one prefill (1). Both run
+    n old + n ref + n update passes, the update's backward counted as 2 more. Decode, rewards, collectives and
+    per-call overheads are left out."""
+    return n * (4 * r + 6) / (r + 1 + 5 * n)
 
 
 def _largest_within(rows, budget_mb: float) -> tuple[int | None, int | None]:
@@ -740,11 +760,17 @@ def bench_mrsp(args):
             print(f"target 2: (c) fits {bound}{c_max} frames vs (a) {a_max} in the same budget: {bound}{more:.1f}x, "
                   f"linear fit {fx(fit_ratio)} (target >= 2x: {'met' if more >= 2 else 'MISSED'})")
     longest_prompt = max((r["prompt_tokens"] for r in ok.values()), default=0)
+    bound = {}
     if longest_prompt:
         with_attn = {k: video_token_flops(c, longest_prompt) for k, c in (("qwen2.5-vl-7b", qwen7b), ("bench", ours))}
         print(f"\nwith attention's QK^T and AV over a {longest_prompt}-token prompt the vision/decoder ratio would be "
               + ", ".join(f"{k} {v / lm:.3f}" for k, (v, lm) in with_attn.items())
               + " (the small decoder's attention weighs more, so the bench under-states what re-encoding costs 7B)")
+        vis, lm = with_attn["bench"]
+        bound = {"per_token_ratio": _cache_speedup_from_flops(args.n, ratio["bench"]),
+                 "with_attention": _cache_speedup_from_flops(args.n, vis / lm)}
+        print(f"(a)/(b) from FLOPs alone (see _cache_speedup_from_flops): {fx(bound['per_token_ratio'])} at the "
+              f"per-token ratio, {fx(bound['with_attention'])} with attention at {longest_prompt} tokens")
 
     if args.json:
         write_json(args.json, dict(
@@ -755,7 +781,8 @@ def bench_mrsp(args):
             flops_per_video_token={k: dict(vision=v, decoder=lm, ratio=v / lm) for k, (v, lm) in flops.items()},
             runs=rows, speedup={k: {str(f): x for f, x in d.items()} for k, d in speedup.items()},
             speedup_cpu={k: {str(f): x for f, x in d.items()} for k, d in speedup_cpu.items()},
-            memory=dict(budget_mb=budget, budget=budget_why, longest_within_budget=longest), targets=targets))
+            memory=dict(budget_mb=budget, budget=budget_why, longest_within_budget=longest), targets=targets,
+            cache_speedup_from_flops=bound))
     if args.plot:
         _mrsp_plot(args.plot, rows, frames, budget)
 
