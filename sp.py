@@ -201,8 +201,11 @@ def kv_replication(num_heads: int, num_kv_heads: int, sp: int) -> int:
 
 def ulysses_attn_fn(group, inner=sdpa_attention):
     """An `attn_fn` for `QwenVL.forward` that runs `inner` (causal attention over the whole
-    sequence) on this rank's heads, taking and returning sequence shards."""
+    sequence) on this rank's heads, taking and returning sequence shards. A one-rank group holds
+    the whole sequence and all heads already: `inner` itself, with no all-to-all."""
     P = dist.get_world_size(group)
+    if P == 1:
+        return inner
 
     def attn(q, k, v, layer_idx):
         rep = kv_replication(q.shape[2], k.shape[2], P)

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import AutoProcessor
 
-from eval import evaluate, print_table
+from eval import print_table
 from minirl import config as C
 from minirl.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from minirl.data import IGNORE_INDEX, rl_example
@@ -50,6 +50,7 @@ from minirl.trainer import (
     build_micro_batch,
     clip_grad_norm,
     encode_videos,
+    evaluate_copy,
     frame_sampling,
     full_state,
     global_indices,
@@ -434,14 +435,15 @@ class Trainer:
         # 7. metrics (this rank's samples are reduced over the world)
         total = {k: all_reduce_sum(v) / self.sp for k, v in sums.items()}  # the SP group repeats the sums
         tokens = max(total.get("tokens", 0.0), 1.0)
-        lengths = [len(s.response) for s in mine]
-        world_rewards = self.gather_floats([s.reward for s in mine])
+        # one gather of every sample's (reward, accuracy, format, |advantage|, length) over the world
+        rows = self.gather_rows([(s.reward, s.accuracy, s.format, abs(s.advantage), len(s.response)) for s in mine])
+        rewards, accuracy, fmt, abs_adv, lengths = (list(col) for col in zip(*rows, strict=True))
         metrics = {
-            "reward/overall": statistics.fmean(world_rewards),
-            "reward/accuracy": statistics.fmean(self.gather_floats([s.accuracy for s in mine])),
-            "reward/format": statistics.fmean(self.gather_floats([s.format for s in mine])),
-            "reward/std": statistics.pstdev(world_rewards),
-            "advantage/abs_mean": statistics.fmean(self.gather_floats([abs(s.advantage) for s in mine])),
+            "reward/overall": statistics.fmean(rewards),
+            "reward/accuracy": statistics.fmean(accuracy),
+            "reward/format": statistics.fmean(fmt),
+            "reward/std": statistics.pstdev(rewards),
+            "advantage/abs_mean": statistics.fmean(abs_adv),
             "actor/pg_loss": total["pg_loss"] / cfg.algo.ppo_epochs,
             "actor/kl_loss": total.get("kl_loss", 0.0) / cfg.algo.ppo_epochs,
             "actor/kl": total.get("kl", 0.0) / tokens,
@@ -451,10 +453,9 @@ class Trainer:
             "actor/entropy": total["entropy"] / tokens,
             "actor/grad_norm": sums["grad_norm"] / sums["optimizer_steps"],
             "actor/lr": self.scheduler.get_last_lr()[0],
-            "response_length/mean": statistics.fmean(self.gather_floats(lengths)),
-            "response_length/max": max(self.gather_floats(lengths)),
-            "response_length/clip_ratio": statistics.fmean(
-                self.gather_floats([float(n == cfg.rollout.max_new_tokens) for n in lengths])),
+            "response_length/mean": statistics.fmean(lengths),
+            "response_length/max": max(lengths),
+            "response_length/clip_ratio": statistics.fmean(float(n == cfg.rollout.max_new_tokens) for n in lengths),
             "sampling/dropped_groups": all_reduce_sum(stats["dropped_groups"]),
             "sampling/rounds": stats["rounds"],
             "timing_s/encode": stats["encode"],
@@ -466,18 +467,17 @@ class Trainer:
         }
         return metrics
 
-    def gather_floats(self, values: list[float]) -> list[float]:
+    def gather_rows(self, rows: list[tuple]) -> list[tuple]:
+        """Every rank's rows, concatenated in rank order."""
         if self.world == 1:
-            return list(values)
+            return list(rows)
         out = [None] * self.world
-        dist.all_gather_object(out, list(values))
-        return [v for part in out for v in part]
+        dist.all_gather_object(out, list(rows))
+        return [r for part in out for r in part]
 
     def evaluate(self):
-        self.rollout_model.load_state_dict(full_state(self.model), strict=False)
-        return evaluate(self.rollout_model, self.processor, self.test, self.sampling, self.cfg.data.max_prompt_tokens,
-                        max_new_tokens=self.cfg.eval.max_new_tokens, batch_size=self.cfg.eval.batch_size,
-                        rank=self.rank, world=self.world)
+        return evaluate_copy(self.model, self.rollout_model, self.processor, self.test, self.cfg.data,
+                             self.cfg.eval, self.rank, self.world)
 
     def save(self):
         save_checkpoint(self.out, self.step_num, self.model, self.optimizer, self.scheduler,

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import AutoProcessor
 
-from eval import evaluate, print_table
+from eval import print_table
 from minirl import config as C
 from minirl.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from minirl.data import IGNORE_INDEX, sft_example
@@ -33,8 +33,8 @@ from minirl.trainer import (
     build_micro_batch,
     clip_grad_norm,
     encode_videos,
+    evaluate_copy,
     frame_sampling,
-    full_state,
     global_indices,
     load_dataset,
     make_optimizer,
@@ -65,13 +65,6 @@ class SFTConfig:
     parallel: C.ParallelConfig = dataclasses.field(default_factory=C.ParallelConfig)
     eval: C.EvalConfig = dataclasses.field(default_factory=C.EvalConfig)
     run: C.RunConfig = dataclasses.field(default_factory=lambda: C.RunConfig(out="runs/sft"))
-
-
-def evaluate_copy(model, cfg, processor, examples, eval_model, rank, world):
-    """Evaluate a plain (unsharded) copy of the current weights, data-parallel over all ranks."""
-    eval_model.load_state_dict(full_state(model), strict=False)
-    return evaluate(eval_model, processor, examples, frame_sampling(cfg.data), cfg.data.max_prompt_tokens,
-                    max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, rank=rank, world=world)
 
 
 def main(argv):
@@ -149,7 +142,7 @@ def main(argv):
             "timing_s/step": time.time() - t0,
         }
         if test and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.optim.steps:
-            table = evaluate_copy(model, cfg, processor, test, eval_model, rank, world)
+            table = evaluate_copy(model, eval_model, processor, test, cfg.data, cfg.eval, rank, world)
             metrics.update({f"eval/{k}": v for k, v in table["overall"].items()})
         log.log(step + 1, metrics)
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
@@ -158,7 +151,7 @@ def main(argv):
     save_checkpoint(out, cfg.optim.steps, model, optimizer, scheduler)
     export_hf(model, out / "hf", cfg.model.path)
     if test:
-        table = evaluate_copy(model, cfg, processor, test, eval_model, rank, world)
+        table = evaluate_copy(model, eval_model, processor, test, cfg.data, cfg.eval, rank, world)
         if rank == 0:
             print_table(table)
             log.log(cfg.optim.steps, {f"eval/{k}": v for k, v in table["overall"].items()})

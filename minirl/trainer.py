@@ -27,6 +27,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from eval import evaluate
 from minirl.data import IGNORE_INDEX, Example, load_jsonl
 from minirl.model import QwenVL, next_position, rope_index
 from minirl.video import FrameSampling, VideoError, probe
@@ -72,6 +73,13 @@ def sync_replicated_grads(model: QwenVL):
 def full_state(model) -> dict:
     """The full, unsharded state dict on every rank (for the rollout copy / reference model)."""
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+
+
+def evaluate_copy(model, eval_model: QwenVL, processor, examples, data_cfg, eval_cfg, rank: int, world: int):
+    """eval.py's table for a plain (unsharded) copy of the current weights, data-parallel over all ranks."""
+    eval_model.load_state_dict(full_state(model), strict=False)
+    return evaluate(eval_model, processor, examples, frame_sampling(data_cfg), data_cfg.max_prompt_tokens,
+                    max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, rank=rank, world=world)
 
 
 def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):

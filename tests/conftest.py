@@ -1,5 +1,7 @@
 """Shared fixtures: tiny checkpoints built from real transformers configs, and real mp4 files."""
 
+import socket
+
 import av
 import numpy as np
 import pytest
@@ -15,6 +17,13 @@ CORPUS = [
 
 # An odd config: one KV head, head_dim 24, tied embeddings, 3 vision heads.
 ODD = dict(hidden=72, layers=3, heads=3, kv_heads=1, ffn=100, v_hidden=48, v_depth=3, v_heads=2)
+
+
+def free_port() -> int:
+    """A port nobody listens on now, for a multi-process test's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_mp4(path, frames: np.ndarray, fps: float = 4.0, crf: int | None = None):

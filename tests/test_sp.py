@@ -7,13 +7,13 @@ one-process references once and compares. Workers only report numbers: assertion
 """
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch.distributed.device_mesh import init_device_mesh
 
 import sp
@@ -201,12 +201,6 @@ def _worker(rank, world, port, plan_path, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ----------------------------------------------------------------------------- tests
 
 
@@ -225,7 +219,7 @@ def run(request, plans, tmp_path_factory):
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' torch at import
     try:
-        mp.start_processes(_worker, args=(world, _free_port(), str(tmp / "plan.pt"), str(tmp)),
+        mp.start_processes(_worker, args=(world, free_port(), str(tmp / "plan.pt"), str(tmp)),
                            nprocs=world, start_method="spawn")
     finally:
         if previous is None:

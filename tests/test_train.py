@@ -8,7 +8,6 @@ they only write results to files, the assertions live here.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from minirl import synth
 from minirl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -50,12 +50,6 @@ def rl_args(root, out, **overrides):
     }
     args.update(overrides)
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(rank, world, port):
@@ -99,8 +93,8 @@ def _rl_worker(rank, world, port, argv, steps, out_file, task):
 
 
 def run_rl(world, argv, tmp_path, steps=1, task="steps"):
-    out_file = tmp_path / f"result-{world}-{task}-{_free_port()}.pt"
-    mp.start_processes(_rl_worker, args=(world, _free_port(), argv, steps, str(out_file), task), nprocs=world,
+    out_file = tmp_path / f"result-{world}-{task}-{free_port()}.pt"
+    mp.start_processes(_rl_worker, args=(world, free_port(), argv, steps, str(out_file), task), nprocs=world,
                        start_method="spawn")
     result = torch.load(out_file, weights_only=False)
     assert "error" not in result, result["error"]
@@ -242,7 +236,7 @@ def test_torchrun_sft_then_rl_end_to_end(setup, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(_free_port())]
+                "--master_port", str(free_port())]
     common = ["--data.train", str(setup / "data/train.jsonl"), "--data.test", str(setup / "data/test.jsonl"),
               "--data.frames", "8", "--parallel.sp", "2", "--eval.max_new_tokens", "8", "--run.tensorboard", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -250,7 +244,7 @@ def test_torchrun_sft_then_rl_end_to_end(setup, tmp_path):
                           "--optim.steps", "2", "--optim.batch_size", "2", "--run.out", str(tmp_path / "sft")],
                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert sft.returncode == 0, sft.stderr[-3000:]
-    torchrun[-1] = str(_free_port())
+    torchrun[-1] = str(free_port())
     rl = subprocess.run([*torchrun, "train_rl.py", "--model.path", str(tmp_path / "sft/hf"), *common,
                          "--optim.steps", "2", "--optim.batch_size", "2", "--rollout.n", "2",
                          "--rollout.max_new_tokens", "8", "--run.out", str(tmp_path / "rl")],
