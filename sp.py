@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
 
 from minirl.model import sdpa_attention
+from minirl.packing import Packed, grouped_attention
 
 IGNORE_INDEX = -100  # targets with this value are not response tokens: no log-prob is computed
 
@@ -268,7 +269,7 @@ class _GatherShares(torch.autograd.Function):
         recv = grad.new_empty(P * mine, grad.shape[1])  # every rank's gradient of our share
         dist.all_to_all_single(recv, grad.contiguous(), output_split_sizes=[mine] * P,
                                input_split_sizes=ctx.sizes, group=ctx.group)
-        return recv.view(P, mine, -1).sum(0), None, None  # (mine, C)
+        return recv.view(P, mine, grad.shape[1]).sum(0), None, None  # (mine, C); mine may be 0
 
 
 def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
@@ -380,3 +381,46 @@ def sp_token_logprobs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor
         return logprobs
     entropy = -(logp.exp() * logp).sum(-1)  # (N,)
     return logprobs, gather_sequence(_scatter_rows(entropy, picked), group, dim=1, length=L)
+
+
+class _SumOverGroup(torch.autograd.Function):
+    """All-reduce sum; backward: the gradient itself. Right when each rank contributes its own
+    entries (zeros elsewhere) and every rank computes the same loss from the sum."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def sp_packed_logprobs(model, packed: Packed, video_embeds: torch.Tensor | None, group, temperature: float = 1.0,
+                       with_entropy: bool = False):
+    """`sp_token_logprobs` for shared-prefix packed groups (`minirl.packing`): log-probs (N,) of
+    every response token in the unpacked order (split per response by `packed.lengths`).
+
+    The packed row is sharded along its length like any sequence; after Ulysses' all-to-all the
+    grouped attention sees the whole row. A row may score several tokens (the last prompt row
+    scores every response's first token), so outputs are indexed by pick, not by row: each rank
+    scores the picks in its shard and one all-reduce (of zeros elsewhere) gives all of them to
+    every rank. Exact: x + 0 = x, in any order.
+    """
+    P, rank = dist.get_world_size(group), dist.get_rank(group)
+    ids, video_rows, mask = shard_video_rows(packed.input_ids, video_embeds, packed.video_mask, group)
+    pos = shard(packed.positions.to(model.device), group, dim=2)  # (3, 1, L/P)
+    attn = ulysses_attn_fn(group, grouped_attention(packed.spans, model.device))
+    hidden = model(None, pos, attn, input_ids=ids, video_embeds=video_rows, video_mask=mask)[0]  # (L/P, C)
+    rows = packed.pick_rows.to(model.device)
+    mine = rows // hidden.shape[0] == rank  # (N,) picks scored on this rank
+    logp = torch.log_softmax(model.logits(hidden[rows[mine] - rank * hidden.shape[0]]) / temperature, dim=-1)
+    token_logp = logp.gather(1, packed.targets.to(model.device)[mine][:, None])[:, 0]  # (N_r,)
+    outs = [_scatter_rows(token_logp, mine)]
+    if with_entropy:
+        outs.append(_scatter_rows(-(logp.exp() * logp).sum(-1), mine))
+    if P > 1:
+        outs = [_SumOverGroup.apply(o, group) for o in outs]
+    return tuple(outs) if with_entropy else outs[0]
