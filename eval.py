@@ -21,8 +21,9 @@ Policies:
   `--out` the first free name of `<data stem>.predictions.jsonl`, `<data stem>.predictions.1.jsonl`,
   ... in the current directory is used. `--json` (the table) is a summary and is overwritten.
 
-Trainers call `evaluate(model, processor, examples, sampling, ...)`, data-parallel over their
-ranks: every rank decodes examples[rank::world] and every rank gets the whole table back.
+Trainers call `evaluate_copy`: the current (sharded) weights are copied into a plain model and
+`evaluate` runs data-parallel over their ranks: every rank decodes examples[rank::world] and
+every rank gets the whole table back.
 """
 
 import argparse
@@ -39,6 +40,7 @@ from transformers import AutoProcessor
 from minirl.data import Example, PromptTooLong, load_jsonl, rl_example
 from minirl.model import QwenVL, load_model, prepare_inputs
 from minirl.reward import accuracy_reward, extract_answer, format_reward
+from minirl.trainer import frame_sampling, sync_weights
 from minirl.video import FrameSampling, VideoError
 from rollout import SamplingParams, sample
 
@@ -164,6 +166,15 @@ def evaluate(model: QwenVL, processor, examples: list[Example], sampling: FrameS
         dist.all_gather_object(shards, records)
         records = merge_shards(shards)
     return make_table(records)
+
+
+def evaluate_copy(model, eval_model: QwenVL, processor, examples: list[Example], data_cfg, eval_cfg, rank: int,
+                  world: int) -> dict:
+    """The table for the current weights of the trainer's (sharded) `model`, synced into the plain
+    `eval_model` the sampler decodes with; data-parallel over all ranks, as `evaluate`."""
+    sync_weights(eval_model, model)
+    return evaluate(eval_model, processor, examples, frame_sampling(data_cfg), data_cfg.max_prompt_tokens,
+                    max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, rank=rank, world=world)
 
 
 def free_path(path: Path) -> Path:

@@ -36,11 +36,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
 
+from minirl.data import IGNORE_INDEX
 from minirl.model import sdpa_attention
 from minirl.packing import Packed, grouped_attention
-
-IGNORE_INDEX = -100  # targets with this value are not response tokens: no log-prob is computed
-
 
 # ----------------------------------------------------------------------------- setup
 
@@ -299,6 +297,19 @@ def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: to
     return _GatherShares.apply(local, sizes, group)
 
 
+def encode_videos(model, items: list[dict], group, parallel: bool = True) -> list[torch.Tensor]:
+    """MR-SP stage 1 for a list of examples: one (N_i, C) video embedding per item, in order.
+
+    All videos are encoded in one call, their temporal groups split across the SP `group`
+    (parallel=True) or all on this rank (parallel=False, the ablation). Autograd records the
+    encoding only when grad mode is on and the vision tower is trained.
+    """
+    pixels = torch.cat([it["pixel_values_videos"] for it in items]).to(model.device)  # (sum rows, D)
+    grid = torch.cat([it["video_grid_thw"] for it in items])  # (videos, 3)
+    embeds = parallel_encode(model, pixels, grid, group) if parallel else model.encode_video(pixels, grid)
+    return split_video_embeds(embeds, grid, model.config.spatial_merge_size)
+
+
 def split_video_embeds(video_embeds: torch.Tensor, video_grid_thw: torch.Tensor,
                        spatial_merge_size: int) -> list[torch.Tensor]:
     """The embeddings of several videos encoded in one call, one (N_i, C) tensor per video."""
@@ -307,21 +318,6 @@ def split_video_embeds(video_embeds: torch.Tensor, video_grid_thw: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------- log-probs
-
-
-def pad_batch(sequences: list[torch.Tensor], positions: list[torch.Tensor], targets: list[torch.Tensor],
-              pad_id: int):
-    """Right-pad per-sequence inputs to one micro-batch.
-
-    Takes lists of token ids (L_i,), positions (3, 1, L_i) and targets (1, L_i) and returns
-    input_ids (B, L), positions (3, B, L), targets (B, L) with L = max L_i. Pads are `pad_id`
-    tokens at position 0 with IGNORE_INDEX targets; causal masking keeps them invisible.
-    """
-    L = max(len(s) for s in sequences)
-    input_ids = torch.stack([F.pad(s, (0, L - len(s)), value=pad_id) for s in sequences])  # (B, L)
-    positions = torch.cat([F.pad(p, (0, L - p.shape[2])) for p in positions], dim=1)  # (3, B, L)
-    targets = torch.cat([F.pad(t, (0, L - t.shape[1]), value=IGNORE_INDEX) for t in targets])  # (B, L)
-    return input_ids, positions, targets
 
 
 def shard_video_rows(input_ids: torch.Tensor, video_embeds: torch.Tensor | None, video_mask: torch.Tensor | None,

@@ -7,8 +7,9 @@ Cross-entropy on the assistant tokens (`<think>reasoning</think><answer>X</answe
 only, summed over every response token of the global batch and divided by their global count,
 so the gradient does not depend on the dp/sp layout or the micro-batch split. The same MR-SP
 machinery as RL: frames encoded across the SP group, the sequence split across it with Ulysses
-attention, FSDP2 over all ranks. AdamW with warmup + cosine, gradient clipping, periodic eval
-with eval.py's scorer, atomic checkpoints, exact resume, and a final Hugging Face export.
+attention, FSDP2 over all ranks. AdamW with warmup + cosine, gradient clipping, NaN/inf steps
+skipped on every rank, periodic eval with eval.py's scorer, atomic checkpoints, exact resume, and
+a final Hugging Face export.
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import AutoProcessor
 
-from eval import print_table
+from eval import evaluate_copy, print_table
 from minirl import config as C
 from minirl.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from minirl.data import IGNORE_INDEX, sft_example
@@ -31,19 +32,18 @@ from minirl.trainer import (
     all_reduce_sum,
     backward,
     build_micro_batch,
-    clip_grad_norm,
-    encode_videos,
-    evaluate_copy,
+    compute_dtype,
+    count_skipped,
     frame_sampling,
     global_indices,
     load_dataset,
     make_optimizer,
     make_scheduler,
+    optimizer_step,
     shard_model,
     split_sft_item,
-    sync_replicated_grads,
 )
-from sp import init_distributed, sp_token_logprobs, validate_layout
+from sp import encode_videos, init_distributed, sp_token_logprobs, validate_layout
 
 
 @dataclasses.dataclass
@@ -55,6 +55,7 @@ class OptimConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    max_skipped_steps: int = 3  # stop after this many NaN/inf optimizer steps in a row (0: never)
 
 
 @dataclasses.dataclass
@@ -78,7 +79,8 @@ def main(argv):
         print(C.describe(cfg), file=sys.stderr)
     torch.manual_seed(cfg.run.seed)
 
-    model = load_model(cfg.model.path, torch.float32, device)
+    dtype = compute_dtype(cfg.model.dtype, device)
+    model = load_model(cfg.model.path, torch.float32, device)  # fp32 master weights
     validate_layout(world, dp, cfg.parallel.sp, model.config.num_heads, model.config.num_kv_heads)
     if cfg.optim.batch_size % dp:
         raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide by dp={dp} (world {world} / sp "
@@ -86,8 +88,8 @@ def main(argv):
     model.gradient_checkpointing = cfg.model.gradient_checkpointing
     if model.visual is not None:
         model.visual.requires_grad_(cfg.model.train_vision)
-    eval_model = QwenVL(model.hf_config).to(device).eval()  # the unsharded copy eval decodes with
-    model = shard_model(model, device)
+    eval_model = QwenVL(model.hf_config).to(device, dtype).eval()  # the unsharded copy eval decodes with
+    model = shard_model(model, device, dtype)
     processor = AutoProcessor.from_pretrained(cfg.model.path)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.optim.steps)
@@ -98,9 +100,10 @@ def main(argv):
     sampling = frame_sampling(cfg.data)
     log = MetricsLog(out, rank, cfg.run.tensorboard)
 
-    start = 0
+    start, skipped_in_a_row = 0, 0
     if cfg.run.resume and (ckpt := latest_checkpoint(out)) is not None:
-        start = load_checkpoint(ckpt, model, optimizer, scheduler)["step"]
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        start, skipped_in_a_row = state["step"], state["extra"].get("skipped_in_a_row", 0)
         if rank == 0:
             print(f"resumed from {ckpt} at step {start}", file=sys.stderr)
 
@@ -120,8 +123,7 @@ def main(argv):
         loss_sum = 0.0
         for m in range(0, len(items), cfg.optim.micro_batch_size):
             micro = items[m:m + cfg.optim.micro_batch_size]
-            video_embeds = encode_videos(model, micro, sp_group, cfg.parallel.parallel_encode,
-                                         cfg.model.train_vision)
+            video_embeds = encode_videos(model, micro, sp_group, cfg.parallel.parallel_encode)
             prompts, targets = zip(*[split_sft_item(it) for it in micro], strict=True)
             batch = build_micro_batch(model, prompts, targets, video_embeds, micro)
             logp = sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
@@ -129,14 +131,13 @@ def main(argv):
             loss = -logp.sum() / global_tokens  # this group's share of the global mean
             backward(loss)
             loss_sum += float(loss.detach())
-        sync_replicated_grads(model)
-        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, stepped = optimizer_step(model, optimizer, cfg.optim.grad_clip, loss_sum)
+        skipped_in_a_row = count_skipped(skipped_in_a_row, stepped, cfg.optim.max_skipped_steps)
         scheduler.step()
         metrics = {
             "sft/loss": all_reduce_sum(loss_sum) / cfg.parallel.sp,
             "sft/grad_norm": grad_norm,
+            "sft/skipped_steps": int(not stepped),
             "sft/lr": scheduler.get_last_lr()[0],
             "sft/tokens": global_tokens,
             "timing_s/step": time.time() - t0,
@@ -146,9 +147,9 @@ def main(argv):
             metrics.update({f"eval/{k}": v for k, v in table["overall"].items()})
         log.log(step + 1, metrics)
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
-            save_checkpoint(out, step + 1, model, optimizer, scheduler)
+            save_checkpoint(out, step + 1, model, optimizer, scheduler, extra={"skipped_in_a_row": skipped_in_a_row})
 
-    save_checkpoint(out, cfg.optim.steps, model, optimizer, scheduler)
+    save_checkpoint(out, cfg.optim.steps, model, optimizer, scheduler, extra={"skipped_in_a_row": skipped_in_a_row})
     export_hf(model, out / "hf", cfg.model.path)
     if test:
         table = evaluate_copy(model, eval_model, processor, test, cfg.data, cfg.eval, rank, world)

@@ -122,7 +122,8 @@ def describe(cfg) -> str:
 @dataclasses.dataclass
 class ModelConfig:
     path: str = "runs/tiny-model"  # a Hugging Face checkpoint directory
-    dtype: str = "auto"  # auto: float32 on CPU; bf16 compute (fp32 master weights) on CUDA
+    dtype: str = "auto"  # compute dtype of forwards, rollout and reference copies: auto (bfloat16 on CUDA,
+    # float32 on CPU) | float32 | bfloat16; master weights and optimizer state are always float32
     train_vision: bool = False  # the vision tower is frozen by default
     gradient_checkpointing: bool = False
 

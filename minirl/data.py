@@ -49,7 +49,7 @@ INSTRUCTION_OPEN = (
     "then give the final answer inside <answer> </answer> tags."
 )
 VIDEO_PAD = "<|video_pad|>"
-IGNORE_INDEX = -100  # labels of tokens the SFT loss skips
+IGNORE_INDEX = -100  # labels / targets of tokens that are not trained on (prompt, padding): no log-prob
 
 
 class DataError(ValueError):
@@ -245,30 +245,3 @@ def rl_example(example: Example, processor, sampling: FrameSampling, max_prompt_
     item["input_ids"] = torch.tensor(item.pop("prompt_ids"), dtype=torch.long)
     item["row"] = example.row
     return item
-
-
-def collate(items: list[dict], pad_id: int) -> dict:
-    """Right-pad a list of examples into one batch.
-
-    input_ids (B, L) padded with pad_id, attention_mask (B, L), labels (B, L) padded with -100
-    when present; the videos are concatenated along the patch axis in batch order
-    (pixel_values_videos (sum N_i, D), video_grid_thw (B, 3), second_per_grid_ts (B,)); every
-    other key becomes a list.
-    """
-    lengths = [len(it["input_ids"]) for it in items]
-    batch = {"input_ids": torch.full((len(items), max(lengths)), pad_id, dtype=torch.long)}
-    batch["attention_mask"] = torch.zeros_like(batch["input_ids"])
-    if "labels" in items[0]:
-        batch["labels"] = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-    for b, (it, n) in enumerate(zip(items, lengths, strict=True)):
-        batch["input_ids"][b, :n] = it["input_ids"]
-        batch["attention_mask"][b, :n] = 1
-        if "labels" in batch:
-            batch["labels"][b, :n] = it["labels"]
-    for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
-        batch[key] = torch.cat([it[key] for it in items], dim=0)
-    tensors = {"input_ids", "labels", *batch}
-    for key in items[0]:
-        if key not in tensors:
-            batch[key] = [it[key] for it in items]
-    return batch

@@ -1,4 +1,5 @@
-"""Plumbing shared by train_sft.py and train_rl.py: sharding, optimizer, batches, logging.
+"""Plumbing shared by train_sft.py and train_rl.py: sharding, weight sync, optimizer steps, batches,
+data, logging. A library module: it imports nothing from the top-level scripts.
 
 FSDP2 layout. Parameters are sharded over *all* ranks (a 1-D mesh of the whole world): the SP
 ranks of a group hold different shards too, so memory per rank falls with dp * sp. Every
@@ -11,8 +12,13 @@ Gradient convention: every rank's loss is its exact share of one global loss (gl
 sequence counts, see minirl.loss), so the right gradient is the *sum* over ranks. FSDP's
 reduce-scatter averages over ranks (a divide factor of 1 would need PREMUL_SUM, which gloo
 lacks), so `backward` scales each loss by the world size first.
+
+Non-finite steps: when the loss or the global gradient norm is NaN or inf on any rank, every
+rank skips that optimizer step (`optimizer_step`), so no NaN ever reaches the weights or the
+AdamW moments; `max_skipped_steps` such steps in a row stop the run (`NonFiniteError`).
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -27,21 +33,28 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from eval import evaluate
 from minirl.data import IGNORE_INDEX, Example, load_jsonl
 from minirl.model import QwenVL, next_position, rope_index
 from minirl.video import FrameSampling, VideoError, probe
-from sp import parallel_encode, split_video_embeds
 
 
-def shard_model(model: QwenVL, device) -> QwenVL:
-    """Apply FSDP2 over every rank (see the module docstring); bf16 compute on CUDA."""
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`model.dtype` as a torch dtype: 'auto' is bfloat16 on CUDA and float32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name in ("float32", "bfloat16"):
+        return getattr(torch, name)
+    raise ValueError(f"model.dtype={name!r}: choose auto, float32 or bfloat16")
+
+
+def shard_model(model: QwenVL, device, dtype: torch.dtype = torch.float32) -> QwenVL:
+    """Apply FSDP2 over every rank (see the module docstring). The weights stay fp32 (master
+    weights, AdamW state); forwards run in `dtype`, gradients are reduced in fp32."""
     world = dist.get_world_size()
     mesh = init_device_mesh(device.type, (world,))
-    mp = None
-    if device.type == "cuda":
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    kw = dict(mesh=mesh, mp_policy=mp) if mp else dict(mesh=mesh)
+    kw = dict(mesh=mesh)
+    if dtype != torch.float32:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     ignored = set(model.visual.parameters()) if model.visual is not None else set()
     if model.config.tie_word_embeddings:
         fully_shard([model.embed_tokens, model.lm_head], **kw)  # one unit: they share the weight
@@ -75,11 +88,13 @@ def full_state(model) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
 
 
-def evaluate_copy(model, eval_model: QwenVL, processor, examples, data_cfg, eval_cfg, rank: int, world: int):
-    """eval.py's table for a plain (unsharded) copy of the current weights, data-parallel over all ranks."""
-    eval_model.load_state_dict(full_state(model), strict=False)
-    return evaluate(eval_model, processor, examples, frame_sampling(data_cfg), data_cfg.max_prompt_tokens,
-                    max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, rank=rank, world=world)
+def sync_weights(copy: QwenVL, model) -> None:
+    """Copy the current (sharded) weights of `model` into the plain `copy` the sampler decodes with.
+
+    Strict: a key missing on either side or a shape that differs is an error naming it, never a
+    weight silently left stale. The copy may be in a lower dtype (`load_state_dict` casts).
+    """
+    copy.load_state_dict(full_state(model), strict=True)
 
 
 def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
@@ -103,6 +118,37 @@ def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a NaN/inf loss or gradient norm: the run has diverged."""
+
+
+def optimizer_step(model, optimizer, max_norm: float, loss: float) -> tuple[float, bool]:
+    """Clip and take the optimizer step for the gradients accumulated since the last one, unless
+    `loss` (this rank's) or the global gradient norm is NaN/inf on any rank.
+
+    The ranks agree through one all-reduce of a non-finite flag: a rank that stepped while another
+    skipped would fork the replicas. Returns (gradient norm before clipping, whether the step was
+    taken); the gradients are zeroed either way.
+    """
+    sync_replicated_grads(model)
+    norm = clip_grad_norm(model, max_norm)
+    stepped = all_reduce_sum(0.0 if math.isfinite(loss) and math.isfinite(norm) else 1.0) == 0
+    if stepped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, stepped
+
+
+def count_skipped(in_a_row: int, stepped: bool, limit: int) -> int:
+    """Optimizer steps skipped in a row after this one; `limit` of them raise NonFiniteError (0: never)."""
+    in_a_row = 0 if stepped else in_a_row + 1
+    if limit and in_a_row >= limit:
+        raise NonFiniteError(f"{in_a_row} optimizer steps in a row skipped: the loss or the gradient norm was "
+                             f"NaN/inf every time (optim.max_skipped_steps={limit}). Lower the learning rate, "
+                             "check the reward and the data, or resume from an earlier checkpoint")
+    return in_a_row
+
+
 def clip_grad_norm(model, max_norm: float) -> float:
     """Clip by the global gradient norm; returns the norm before clipping.
 
@@ -120,23 +166,6 @@ def clip_grad_norm(model, max_norm: float) -> float:
     for group in groups:
         torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
     return float(total)
-
-
-def encode_videos(model: QwenVL, items: list[dict], group, parallel: bool, train_vision: bool) -> list[torch.Tensor]:
-    """MR-SP stage 1 for a list of examples: one (N_i, C) video embedding per item, in order.
-
-    All videos are encoded in one call, their temporal groups split across the SP `group`
-    (parallel=True) or all on this rank (parallel=False, the ablation). Under no_grad unless
-    the vision tower is trained.
-    """
-    pixels = torch.cat([it["pixel_values_videos"] for it in items]).to(model.device)
-    grid = torch.cat([it["video_grid_thw"] for it in items])
-    with torch.set_grad_enabled(train_vision and torch.is_grad_enabled()):
-        if parallel:
-            embeds = parallel_encode(model, pixels, grid, group)
-        else:
-            embeds = model.encode_video(pixels, grid)
-    return split_video_embeds(embeds, grid, model.config.spatial_merge_size)
 
 
 def sequence_positions(model: QwenVL, item: dict, prompt_ids: torch.Tensor, response_len: int) -> torch.Tensor:
@@ -185,6 +214,23 @@ def split_sft_item(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return item["input_ids"][:start], item["input_ids"][start:]
 
 
+def all_gather_objects(obj, group=None) -> list:
+    """Every rank's `obj` (of `group`, default the world), in rank order (`all_gather_object`)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return [obj]
+    out = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+@contextlib.contextmanager
+def timed(times: dict, name: str):
+    """Add the seconds the block takes to times[name]."""
+    start = time.perf_counter()
+    yield
+    times[name] = times.get(name, 0.0) + time.perf_counter() - start
+
+
 def all_reduce_sum(value: float, group=None) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size(group) > 1:
@@ -220,7 +266,6 @@ class MetricsLog:
         shown = {k: metrics[k] for k in (keys_to_print or metrics) if k in metrics}
         text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         print(f"step {step}  {text}", file=sys.stderr, flush=True)
-
 
 
 def frame_sampling(data_cfg) -> FrameSampling:

@@ -1,11 +1,51 @@
-"""bench.py mrsp's bookkeeping, without running it: the FLOPs accounting that sizes the bench model, and the
-largest-frames-within-budget rule. (The timings themselves live in bench.py, never in a test.)"""
+"""bench_mrsp.py without its timings: the naive baseline it defines samples exactly what train_rl's cached,
+shared-prefix rollout samples (only slower), the FLOPs accounting that sizes the bench model, and the
+largest-frames-within-budget rule. (The timings themselves live in bench_mrsp.py, never in a test.)"""
+
+import os
 
 import pytest
+import torch
+import torch.multiprocessing as mp
 
-from bench import MRSP_SIZE, _largest_within, qwen25_vl_7b_config, video_token_flops
+from bench_mrsp import MRSP_SIZE, _largest_within, qwen25_vl_7b_config, video_token_flops
+from minirl import synth
 from minirl.tiny import make_config, make_processor
 from tests.conftest import CORPUS
+
+
+def _rollouts(rank, model_dir, data_dir, out_file):
+    torch.set_num_threads(1)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(key, None)
+    from bench_mrsp import NaiveTrainer
+    from minirl import config as C
+    from minirl.trainer import sync_weights
+    from train_rl import RLConfig, Trainer
+
+    cfg = C.parse(RLConfig, ["--model.path", model_dir, "--data.train", f"{data_dir}/train.jsonl", "--data.frames",
+                             "8", "--rollout.n", "3", "--rollout.max_new_tokens", "6", "--optim.batch_size", "2",
+                             "--run.out", f"{data_dir}/run", "--run.tensorboard", "false"])
+    trainer = NaiveTrainer(cfg)
+    sync_weights(trainer.rollout_model, trainer.model)
+    calls = []
+    trainer.rollout_model.visual.register_forward_hook(lambda *_: calls.append(1))
+    items = trainer.load_prompts([2])
+    cached = Trainer.rollout(trainer, items, Trainer.encode(trainer, items))  # train_rl's path
+    encodes_cached = len(calls)
+    naive = trainer.rollout(items, trainer.encode(items))
+    torch.save(dict(cached=cached, naive=naive, encodes=(encodes_cached, len(calls) - encodes_cached)), out_file)
+
+
+def test_naive_baseline_samples_what_the_cached_rollout_samples(tiny_dir, tmp_path):
+    synth.generate(tmp_path, train=2, test=0, frames=64, size=56, fps=8, per_video=1)
+    mp.start_processes(_rollouts, args=(str(tiny_dir), str(tmp_path), str(tmp_path / "out.pt")), nprocs=1,
+                       start_method="spawn")
+    out = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert out["encodes"] == (0, 2 * 3)  # cached: the trainer's encode; naive: once per rollout, on the copy
+    assert [(s.prompt_index, s.tokens) for s in out["naive"]] == [(s.prompt_index, s.tokens) for s in out["cached"]]
+    for a, b in zip(out["naive"], out["cached"], strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
 def test_7b_flops_per_video_token_by_hand():

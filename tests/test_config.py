@@ -17,8 +17,8 @@ def test_overrides_by_section_and_bare_key():
 
 
 def test_booleans():
-    cfg = C.parse(RLConfig, ["--algo.dynamic_sampling", "--mrsp.embed_cache", "false", "--run.resume", "yes"])
-    assert cfg.algo.dynamic_sampling is True and cfg.mrsp.embed_cache is False and cfg.run.resume is True
+    cfg = C.parse(RLConfig, ["--algo.dynamic_sampling", "--parallel.parallel_encode", "false", "--run.resume", "yes"])
+    assert cfg.algo.dynamic_sampling is True and cfg.parallel.parallel_encode is False and cfg.run.resume is True
     with pytest.raises(ValueError, match="cannot parse 'maybe' as bool"):
         C.parse(RLConfig, ["--run.resume", "maybe"])
 

@@ -1,4 +1,4 @@
-"""The jsonl schema, the prompt template, SFT / RL examples, the token budget, collation."""
+"""The jsonl schema, the prompt template, SFT / RL examples, the token budget."""
 
 import json
 
@@ -13,7 +13,6 @@ from minirl.data import (
     DataError,
     PromptTooLong,
     build_prompt,
-    collate,
     encode_prompt,
     load_jsonl,
     rl_example,
@@ -165,25 +164,3 @@ def test_missing_video_is_an_error_not_a_substitute(tmp_path, bench, processor):
     (ex,) = load_jsonl(write_lines(tmp_path / "m.jsonl", [line]), video_dir=bench)
     with pytest.raises(VideoError, match="99999.mp4"):
         sft_example(ex, processor, SAMPLING, 4096)
-
-
-def test_collate_right_pads(bench, processor):
-    exs = load_jsonl(bench / "train.jsonl")[:3]
-    frames = (4, 8, 6)
-    items = [sft_example(ex, processor, FrameSampling(num_frames=n), 4096)
-             for ex, n in zip(exs, frames, strict=True)]
-    pad_id = processor.tokenizer.pad_token_id
-    batch = collate(items, pad_id)
-    lengths = [len(it["input_ids"]) for it in items]
-    assert batch["input_ids"].shape == (3, max(lengths))
-    for b, (it, n) in enumerate(zip(items, lengths, strict=True)):
-        assert batch["input_ids"][b, :n].equal(it["input_ids"])
-        assert (batch["input_ids"][b, n:] == pad_id).all()
-        assert batch["labels"][b, :n].equal(it["labels"]) and (batch["labels"][b, n:] == IGNORE_INDEX).all()
-        assert batch["attention_mask"][b].sum() == n and batch["attention_mask"][b, :n].all()
-    assert batch["video_grid_thw"].tolist() == [[2, 4, 4], [4, 4, 4], [3, 4, 4]]
-    assert batch["pixel_values_videos"].shape[0] == sum(int(it["video_grid_thw"].prod()) for it in items)
-    assert batch["second_per_grid_ts"].shape == (3,)
-    assert batch["id"] == [ex.id for ex in exs]
-    rl = collate([rl_example(ex, processor, SAMPLING, 4096) for ex in exs[:2]], pad_id)
-    assert "labels" not in rl and rl["answer"] == [ex.answer for ex in exs[:2]]

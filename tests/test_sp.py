@@ -17,7 +17,9 @@ from conftest import free_port
 from torch.distributed.device_mesh import init_device_mesh
 
 import sp
+from minirl.data import IGNORE_INDEX
 from minirl.model import load_model, rope_index, sdpa_attention
+from minirl.trainer import build_micro_batch
 
 TOL = 1e-5
 MODEL_FOR_WORLD = {1: "tiny_dir", 2: "tiny_dir", 3: "odd_dir", 4: "tiny_dir"}  # sp=3 needs 3 heads
@@ -41,11 +43,13 @@ def _sequence(model, video, residue: int, generator):
     """prompt + random response whose total length L has L % 12 == residue (12 = lcm of 2, 3, 4)."""
     prompt = video["input_ids"][0]
     k = 5 + (residue - len(prompt) - 5) % 12
-    ids = torch.cat([prompt, torch.randint(20, model.config.vocab_size, (k,), generator=generator)])
-    targets = torch.full((1, len(ids)), sp.IGNORE_INDEX)
-    targets[0, len(prompt) - 1:-1] = ids[len(prompt):]  # position i predicts token i + 1
+    response = torch.randint(20, model.config.vocab_size, (k,), generator=generator)
+    ids = torch.cat([prompt, response])
+    targets = torch.full((1, len(ids)), IGNORE_INDEX)
+    targets[0, len(prompt) - 1:-1] = response  # position i predicts token i + 1
     positions = rope_index(ids, video["video_grid_thw"], video["second_per_grid_ts"], model.config)
-    return dict(ids=ids, positions=positions[:, None], targets=targets, video=video)
+    return dict(prompt=prompt, response=response, ids=ids, positions=positions[:, None], targets=targets,
+                video=video)
 
 
 def _reference(model, seqs, weights):
@@ -56,7 +60,7 @@ def _reference(model, seqs, weights):
         video_embeds = model.encode_video(s["video"]["pixel_values_videos"], s["video"]["video_grid_thw"])
         hidden = model(model.embed(s["ids"], video_embeds)[None], s["positions"])  # (1, L, C)
         logp = torch.log_softmax(model.logits(hidden[0]), dim=-1)  # (L, V)
-        mask = s["targets"][0] != sp.IGNORE_INDEX
+        mask = s["targets"][0] != IGNORE_INDEX
         lp = torch.where(mask, logp.gather(1, s["targets"][0].clamp(min=0)[:, None])[:, 0], 0.0)
         ent = torch.where(mask, -(logp.exp() * logp).sum(-1), 0.0)
         loss = loss + (lp * weights[i, :len(lp)]).sum() + 0.1 * ent.sum()
@@ -152,16 +156,17 @@ def _attention(group):
     return err
 
 
-def _model_case(model, case, videos_batch, group):
-    """parallel_encode -> pad_batch -> sp_token_logprobs (embeds each shard) -> loss.backward."""
+def _model_case(model, case, group):
+    """encode_videos -> the trainers' build_micro_batch -> sp_token_logprobs (embeds each shard) -> backward."""
     seqs = case["seqs"]
     model.zero_grad(set_to_none=True)
-    pixels = torch.cat([s["video"]["pixel_values_videos"] for s in seqs])
-    grid = torch.cat([s["video"]["video_grid_thw"] for s in seqs])
-    video_embeds = sp.parallel_encode(model, pixels, grid, group)  # all videos of the micro-batch at once
-    ids, positions, targets = sp.pad_batch([s["ids"] for s in seqs], [s["positions"] for s in seqs],
-                                           [s["targets"] for s in seqs], pad_id=0)
-    logprobs, entropy = sp.sp_token_logprobs(model, ids, video_embeds, positions, targets, group, with_entropy=True)
+    videos = [s["video"] for s in seqs]
+    video_embeds = sp.encode_videos(model, videos, group)  # all videos of the micro-batch in one parallel encode
+    batch = build_micro_batch(model, [s["prompt"] for s in seqs], [s["response"] for s in seqs], video_embeds,
+                              videos)
+    logprobs, entropy = sp.sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
+                                             batch["targets"], group, with_entropy=True,
+                                             video_mask=batch["video_mask"])
     ((logprobs * case["weights"]).sum() + 0.1 * entropy.sum()).backward()
     grads = {}
     for name, p in model.named_parameters():
@@ -196,7 +201,7 @@ def _worker(rank, world, port, plan_path, out_dir):
             grid = torch.cat([plan["videos"][n]["video_grid_thw"] for n in names])
             out["+".join(names)] = sp.parallel_encode(model, pixels, grid, group)
     for name, case in plan["cases"].items():
-        out[name] = _model_case(model, case, plan["videos"], group)
+        out[name] = _model_case(model, case, group)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -273,13 +278,6 @@ def test_logprobs_and_grads_equal_one_process(run, case):
             err = (got["grads"][name] - g).abs().max().item()
             assert err <= TOL * max(1.0, g.abs().max().item()), f"sp={world} {case} {name}: {err}"
     assert any(n.startswith("visual.") and g.abs().max() > 0 for n, g in ref["grads"].items())
-
-
-def test_sequence_lengths_cover_padding(plans):
-    cases = plans["tiny_dir"][0]["cases"]
-    lengths = [len(s["ids"]) for c in cases.values() for s in c["seqs"]]
-    assert [n % 12 for n in lengths] == [0, 1, 5, 2]  # divisible by 2, 3, 4; by none; mixed
-    assert len(set(lengths)) == len(lengths)
 
 
 def test_kv_replication_keeps_gqa_grouping():

@@ -1,5 +1,6 @@
 """The training pipeline: layout-independent RL steps, sampler/trainer agreement, learning,
-exact resume, atomic checkpoints, bad videos, and a torchrun end-to-end smoke (SFT then RL).
+exact resume, atomic checkpoints, bad videos, non-finite steps skipped on every rank, strict weight
+sync, the compute dtype, and a torchrun end-to-end smoke (SFT then RL).
 
 Workers run the real Trainer in spawned processes (gloo, torchrun's environment variables);
 they only write results to files, the assertions live here.
@@ -20,8 +21,9 @@ from conftest import free_port
 
 from minirl import synth
 from minirl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from minirl.model import QwenVL, load_model
 from minirl.tiny import build_tiny_model, default_corpus
-from minirl.trainer import load_dataset
+from minirl.trainer import compute_dtype, load_dataset, sync_weights
 from minirl.video import VideoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +64,7 @@ def _env(rank, world, port):
             os.environ.pop(key, None)
 
 
-def _rl_worker(rank, world, port, argv, steps, out_file, task):
+def _rl_worker(rank, world, port, argv, steps, out_file, task, nan_steps):
     _env(rank, world, port)
     from minirl import config as C
     from minirl.trainer import full_state
@@ -72,18 +74,35 @@ def _rl_worker(rank, world, port, argv, steps, out_file, task):
     try:
         trainer = Trainer(C.parse(RLConfig, argv))
         if task == "logprobs":
-            trainer.rollout_model.load_state_dict(full_state(trainer.model), strict=False)
-            mine, _ = trainer.collect()
-            seqs = [s for part in trainer.share_with_group(mine) for s in part]
-            recomputed = trainer.logprobs(trainer.model, seqs)
+            sync_weights(trainer.rollout_model, trainer.model)
+            groups, items, cache, _ = trainer.collect({})
+            seqs = [None] * trainer.sp
+            dist.all_gather_object(seqs, trainer.advantages(groups), group=trainer.sp_group)
+            seqs = [s for part in seqs for s in part]
+            recomputed = trainer.logprobs(trainer.model, seqs, items, cache)
             result["diff"] = max(float((torch.tensor(s.sampler_logprobs) - r).abs().max())
                                  for s, r in zip(seqs, recomputed, strict=True))
             result["tokens"] = sum(len(s.response) for s in seqs)
+        elif task == "nan":
+            _poison_update(trainer, nan_steps)
+            result.update(metrics=[], states=[full_state(trainer.model)])
+            try:
+                for _ in range(steps):
+                    result["metrics"].append(trainer.step())
+                    result["states"].append(full_state(trainer.model))
+            except Exception as err:  # the NonFiniteError the test expects, raised on every rank
+                result["stopped"] = f"{type(err).__name__}: {err}"
+            skipped = [m.get("actor/skipped_steps") for m in result["metrics"]]
+            result["skipped"] = [None] * world
+            dist.all_gather_object(result["skipped"], skipped)
         else:
             result["metrics"] = [trainer.step() for _ in range(steps)]
             if task == "save":
                 trainer.save()
             result["state"] = full_state(trainer.model)
+            if task == "dtype":
+                result["dtypes"] = dict(rollout=trainer.rollout_model.dtype, ref=trainer.ref_model.dtype,
+                                        master=full_state(trainer.model)["embed_tokens.weight"].dtype)
     except Exception as err:  # report to the parent, which asserts on it
         result["error"] = f"{type(err).__name__}: {err}"
     if rank == 0:
@@ -92,10 +111,31 @@ def _rl_worker(rank, world, port, argv, steps, out_file, task):
         dist.destroy_process_group()
 
 
-def run_rl(world, argv, tmp_path, steps=1, task="steps"):
+def _poison_update(trainer, nan_steps: dict[int, int]):
+    """At RL step k, rank nan_steps[k]'s first update micro-batch gets a NaN log-prob on one response token."""
+    from minirl.data import IGNORE_INDEX
+
+    real = trainer.sp_logprobs
+
+    def sp_logprobs(model, batch, with_entropy=False):
+        out = real(model, batch, with_entropy)
+        step = trainer.step_num + 1
+        if with_entropy and nan_steps.get(step) == trainer.rank and step not in poisoned:
+            poisoned.add(step)
+            logp, entropy = out
+            nan = torch.zeros_like(logp)  # (B, L)
+            nan[tuple((batch["targets"] != IGNORE_INDEX).nonzero()[0])] = float("nan")
+            return logp + nan, entropy
+        return out
+
+    poisoned = set()
+    trainer.sp_logprobs = sp_logprobs
+
+
+def run_rl(world, argv, tmp_path, steps=1, task="steps", nan_steps=None):
     out_file = tmp_path / f"result-{world}-{task}-{free_port()}.pt"
-    mp.start_processes(_rl_worker, args=(world, free_port(), argv, steps, str(out_file), task), nprocs=world,
-                       start_method="spawn")
+    mp.start_processes(_rl_worker, args=(world, free_port(), argv, steps, str(out_file), task, nan_steps),
+                       nprocs=world, start_method="spawn")
     result = torch.load(out_file, weights_only=False)
     assert "error" not in result, result["error"]
     return result
@@ -114,7 +154,7 @@ def test_rl_step_is_independent_of_the_layout(setup, tmp_path):
     the scale of lr; at 1e-4 that stays well inside the 1e-5 tolerance.
     """
     lr = {"optim.lr": 1e-4}
-    before = run_rl(1, rl_args(setup, tmp_path / "r0", **lr), tmp_path, steps=0)["state"]
+    before = load_model(setup / "model").state_dict()
     one = run_rl(1, rl_args(setup, tmp_path / "r1", **lr), tmp_path)
     sp2 = run_rl(2, rl_args(setup, tmp_path / "r2", **lr, **{"parallel.sp": 2}), tmp_path)
     dp2sp2 = run_rl(4, rl_args(setup, tmp_path / "r4", **lr, **{"parallel.sp": 2}), tmp_path)
@@ -136,6 +176,54 @@ def test_sampler_logprobs_equal_trainer_recompute(setup, tmp_path):
                     tmp_path, task="logprobs")
     assert result["tokens"] > 50
     assert result["diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("sp", [1, 2], ids=["dp2xsp1", "sp2"])
+def test_non_finite_step_never_reaches_the_weights(setup, tmp_path, sp):
+    """A NaN in one rank's micro-batch at steps 1, 3 and 4 (one optimizer step per RL step): every rank
+    skips those steps, the weights and the optimizer never see them, and the second in a row stops the run."""
+    argv = rl_args(setup, tmp_path / f"nan{sp}", **{"parallel.sp": sp, "algo.mini_batches": 1, "algo.kl_coef": 0,
+                                                    "optim.batch_size": 2, "rollout.n": 2,
+                                                    "rollout.max_new_tokens": 6, "optim.max_skipped_steps": 2})
+    result = run_rl(2, argv, tmp_path, steps=5, task="nan", nan_steps={1: 1, 3: 1, 4: 0})
+    states = result["states"]  # before step 1, after steps 1, 2, 3
+    assert all(torch.isfinite(t).all() for state in states for t in state.values())
+    assert result.get("stopped", "").startswith("NonFiniteError: 2 optimizer steps in a row skipped"), result
+    assert len(result["metrics"]) == 3 and result["skipped"] == [[1, 0, 1]] * 2  # both ranks agree
+    assert all(torch.equal(states[1][k], states[0][k]) for k in states[0])  # step 1 skipped: untouched
+    assert max_diff(states[2], states[1]) > 1e-5  # step 2 trained
+    assert all(torch.equal(states[3][k], states[2][k]) for k in states[0])  # step 3 skipped
+    assert [m["actor/lr"] > 0 for m in result["metrics"]] == [True] * 3
+
+
+def test_weight_sync_is_strict(tiny_dir):
+    """The rollout copy receives every weight, or the sync names what is missing or unexpected."""
+    model = load_model(tiny_dir)
+    copy = QwenVL(model.hf_config).to(torch.bfloat16)
+    sync_weights(copy, model)
+    assert all(torch.equal(copy.state_dict()[k], v.to(torch.bfloat16)) for k, v in model.state_dict().items())
+    copy.register_parameter("extra", torch.nn.Parameter(torch.zeros(1)))
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "extra"'):
+        sync_weights(copy, model)
+    model.register_buffer("stray", torch.zeros(1))
+    del copy.extra
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "stray"'):
+        sync_weights(copy, model)
+
+
+def test_compute_dtype(setup, tmp_path):
+    """--model.dtype: auto is bf16 on CUDA, fp32 on CPU; bfloat16 runs the rollout and reference copies and
+    the forwards in bf16 while the master weights stay fp32."""
+    assert compute_dtype("auto", torch.device("cpu")) == torch.float32
+    assert compute_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert compute_dtype("float32", torch.device("cuda")) == torch.float32
+    with pytest.raises(ValueError, match="model.dtype='fp16'"):
+        compute_dtype("fp16", torch.device("cpu"))
+    argv = rl_args(setup, tmp_path / "bf16", **{"model.dtype": "bfloat16", "optim.batch_size": 2, "rollout.n": 2,
+                                                "algo.mini_batches": 1})
+    result = run_rl(1, argv, tmp_path, task="dtype")
+    assert result["dtypes"] == dict(rollout=torch.bfloat16, ref=torch.bfloat16, master=torch.float32)
+    assert all(isinstance(v, str) or v == v for v in result["metrics"][0].values())  # no NaN
 
 
 def test_rl_raises_an_easy_reward(setup, tmp_path):
@@ -261,7 +349,7 @@ def test_trainable_vision_tower_matches_one_process(setup, tmp_path):
     args = {"optim.lr": 1e-4, "model.train_vision": "true", "algo.mini_batches": 1}
     one = run_rl(1, rl_args(setup, tmp_path / "v1", **args), tmp_path)
     sp2 = run_rl(2, rl_args(setup, tmp_path / "v2", **args, **{"parallel.sp": 2}), tmp_path)
-    before = run_rl(1, rl_args(setup, tmp_path / "v0", **args), tmp_path, steps=0)["state"]
+    before = load_model(setup / "model").state_dict()
     vision = [k for k in before if k.startswith("visual.")]
     assert max(float((one["state"][k] - before[k]).abs().max()) for k in vision) > 1e-5  # it trained
     assert max_diff(sp2["state"], one["state"]) <= 1e-5
