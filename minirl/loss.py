@@ -8,11 +8,18 @@ Aggregation takes the *global* denominators (token and sequence counts summed ov
 data-parallel and sequence-parallel rank) as arguments, so the loss each rank computes is its
 exact share of one global loss and the summed gradient does not depend on how the batch was
 split across ranks or micro-batches (the bug where each micro-batch is averaged separately).
+
+Numerical safety, as veRL and NVlabs/Long-RL do it: the log-ratio is clamped to +-20 before
+every `exp` (e^20 ~ 5e8 is far past any clip range, e^1e4 is inf and inf * 0 is a NaN gradient),
+and the k3 estimate is clamped to 10. Inside those ranges the values and gradients are exactly
+the unclamped formulas; outside, the token's gradient is zero instead of inf or NaN.
 """
 
 import torch
 
 EPS = 1e-6
+LOG_RATIO_CLAMP = 20.0
+K3_CLAMP = 10.0
 
 
 def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = EPS) -> torch.Tensor:
@@ -20,7 +27,12 @@ def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = EP
 
     scale = "group": the group's std (GRPO); "batch": the std of all rewards (more stable when
     groups are tiny); "none": no division (Dr. GRPO: the std division biases toward easy and
-    hard questions). A group whose rewards are all equal gets exactly zero advantage, never NaN.
+    hard questions).
+
+    A group whose rewards are all equal gets exactly 0.0, for every scale. Arithmetic cannot
+    promise that: eight samples scoring 0.9 have a float32 mean off by ~6e-8 and a std of the
+    same ~6e-8, so (r - mean) / (std + eps) is +0.056 for all eight and pushes the whole group
+    one way. Such groups are detected (max == min) and zeroed instead.
     """
     centered = rewards - rewards.mean(dim=1, keepdim=True)
     if scale == "group":
@@ -31,16 +43,25 @@ def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = EP
         centered = centered / (rewards.std() + eps) if rewards.numel() > 1 else centered
     elif scale != "none":
         raise ValueError(f"advantage scale must be 'group', 'batch' or 'none', got {scale!r}")
-    return centered.flatten()
+    return _zero_equal_groups(centered, rewards).flatten()
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """(G, n) -> (G * n,): reward minus the mean of the *other* n - 1 samples (leave-one-out)."""
+    """(G, n) -> (G * n,): reward minus the mean of the *other* n - 1 samples (leave-one-out).
+
+    All-equal groups get exactly 0.0 (the rounded sum minus one sample is not n - 1 samples).
+    """
     n = rewards.shape[1]
     if n < 2:
         raise ValueError("RLOO needs at least 2 samples per prompt (rollout.n >= 2)")
     others = (rewards.sum(dim=1, keepdim=True) - rewards) / (n - 1)
-    return (rewards - others).flatten()
+    return _zero_equal_groups(rewards - others, rewards).flatten()
+
+
+def _zero_equal_groups(advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """(G, n) advantages with every row whose (G, n) rewards are all equal set to exactly 0.0."""
+    equal = rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True)  # (G, 1)
+    return torch.where(equal, torch.zeros_like(advantages), advantages)
 
 
 def compute_advantages(rewards: torch.Tensor, estimator: str = "grpo", scale: str = "group") -> torch.Tensor:
@@ -58,9 +79,10 @@ def policy_loss(logp, old_logp, advantages, clip_low: float = 0.2, clip_high: fl
     logp, old_logp: (B, T); advantages: (B,) broadcast over tokens. Returns the per-token loss
     (B, T) and masks of where the low / high clip was active (for clip-fraction metrics).
     Dual clip (Ye et al. 2020) bounds the loss of a negative-advantage token by dual_clip * |A|.
+    The log-ratio is clamped to +-LOG_RATIO_CLAMP before `exp` (see the module docstring).
     """
     adv = advantages[:, None]
-    ratio = torch.exp(logp - old_logp)
+    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped)
@@ -77,7 +99,9 @@ def kl_penalty(logp, ref_logp, kind: str = "k3"):
     """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1 / k2 / k3).
 
     k1 = log r, k2 = (log r)^2 / 2, k3 = exp(-log r) - 1 + log r with log r = logp - ref_logp.
-    k3 is unbiased and always >= 0 (low variance); it is the GRPO default.
+    k3 is unbiased and always >= 0 (low variance); it is the GRPO default. Its log-ratio is
+    clamped to +-LOG_RATIO_CLAMP before `exp` and the estimate to K3_CLAMP (veRL's low_var_kl);
+    k1 and k2 are polynomials, finite without a clamp.
     """
     log_ratio = logp - ref_logp
     if kind == "k1":
@@ -85,7 +109,8 @@ def kl_penalty(logp, ref_logp, kind: str = "k3"):
     if kind == "k2":
         return 0.5 * log_ratio.square()
     if kind == "k3":
-        return torch.exp(-log_ratio) - 1.0 + log_ratio
+        log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        return (torch.exp(-log_ratio) - 1.0 + log_ratio).clamp(max=K3_CLAMP)
     raise ValueError(f"kl estimator must be 'k1', 'k2' or 'k3', got {kind!r}")
 
 

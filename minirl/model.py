@@ -59,16 +59,66 @@ class TextConfig:
         return self.hidden_size // self.num_heads
 
 
+MODEL_TYPES = ("qwen2_5_vl", "qwen2_5_vl_text", "qwen2")
+
+
+def check_config(hf_config) -> None:
+    """Refuse, naming the field and the fix, every config value whose math this decoder does not do.
+
+    Loading must never succeed and then compute other logits than transformers. Of the
+    Qwen2.5-VL / Qwen2 text-config fields, these are implemented: the sizes, rms_norm_eps,
+    rope_parameters' rope_theta and mrope_section, tie_word_embeddings. These are refused unless
+    they hold the one value implemented: model_type, hidden_act, use_sliding_window /
+    layer_types, attention_dropout, head_dim, rope_type, and the vision tower's out_hidden_size
+    (its embeddings fill hidden_size-wide slots). The rest do not change a forward pass:
+    max_position_embeddings (read only by dynamic rope types, refused), sliding_window and
+    max_window_layers (read only when use_sliding_window is true), initializer_range,
+    use_cache, token ids. (pad_token_id also makes transformers' embedding row of that token
+    receive no gradient; here pads never reach the loss, so only a pad token sampled inside a
+    response would train differently.)
+    """
+    text = getattr(hf_config, "text_config", None) or hf_config
+    vision = getattr(hf_config, "vision_config", None)
+
+    def refuse(field, value, why, fix):
+        raise ValueError(f"config {field}={value!r} is not implemented by minirl.model ({why}); {fix}")
+
+    if hf_config.model_type not in MODEL_TYPES:
+        refuse("model_type", hf_config.model_type, f"it implements {', '.join(MODEL_TYPES)}",
+               "load a Qwen2.5-VL (or text-only Qwen2/Qwen2.5) checkpoint")
+    if text.hidden_act != "silu":
+        refuse("hidden_act", text.hidden_act, "the MLP is SwiGLU with SiLU",
+               "use a checkpoint with hidden_act 'silu' or change MLP.forward")
+    if text.use_sliding_window:
+        refuse("use_sliding_window", True, "every layer attends to the whole prefix",
+               "set use_sliding_window to false in config.json, as Qwen2.5-VL checkpoints ship it")
+    sliding = [i for i, kind in enumerate(text.layer_types or []) if kind != "full_attention"]
+    if sliding:
+        refuse(f"layer_types[{sliding[0]}]", text.layer_types[sliding[0]], "every layer is full attention",
+               "set every layer_types entry to 'full_attention' in config.json")
+    if text.attention_dropout:
+        refuse("attention_dropout", text.attention_dropout, "attention never drops out; RL needs the rollout "
+               "and the update to compute one function", "set attention_dropout to 0.0 in config.json")
+    head_dim = text.hidden_size // text.num_attention_heads
+    if getattr(text, "head_dim", None) not in (None, head_dim):
+        refuse("head_dim", text.head_dim, f"head_dim is hidden_size / num_attention_heads = {head_dim}",
+               f"remove head_dim from config.json or set it to {head_dim}")
+    rope_type = (text.rope_parameters or {}).get("rope_type", "default")
+    if rope_type != "default":
+        refuse("rope_parameters.rope_type", rope_type, "only 'default' / 'mrope' rotary frequencies",
+               "remove rope scaling from config.json or extend rope_frequencies()")
+    if vision is not None and vision.out_hidden_size != text.hidden_size:
+        refuse("vision_config.out_hidden_size", vision.out_hidden_size,
+               f"video embeddings replace hidden_size = {text.hidden_size} wide token embeddings",
+               "set it to text_config.hidden_size")
+
+
 def parse_config(hf_config) -> TextConfig:
     """Our TextConfig from a transformers config (Qwen2.5-VL, flat or nested, or text-only Qwen2)."""
+    check_config(hf_config)
     text = getattr(hf_config, "text_config", None) or hf_config
     vision = getattr(hf_config, "vision_config", None)
     rope = dict(text.rope_parameters or {})
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(
-            f"rope_type={rope['rope_type']!r} is not supported by minirl.model (only 'default' / 'mrope'); "
-            "remove rope scaling from config.json or extend rope_frequencies()"
-        )
     head_dim = text.hidden_size // text.num_attention_heads
     # A text-only model is M-RoPE with identical (t, h, w) positions: any split works.
     section = list(rope.get("mrope_section") or [head_dim // 2, 0, 0])

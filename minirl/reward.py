@@ -9,30 +9,62 @@ The built-in rewards never raise, whatever the response string holds (a hypothes
 checks it), and every regex here is linear-time, so an adversarial response cannot stall a
 rollout.
 
-How accuracy reads an answer: the content of the last `<answer>...</answer>` (or the whole
-response when there is none), then by the kind of ground truth:
-- a letter (multiple choice): `B`, `(B)`, `B.`, `B. the red circle`, `Answer: B`, lower case;
-  failing those, the text of exactly one option ("the red circle" when an option is "C. red circle");
-- a number: the last number in the answer, within `rel_tol` (relative) or `abs_tol`;
-- anything else: equality after normalisation (lower case, no punctuation, no a/an/the).
+The grammar of an answer. Accuracy reads the content of the last `<answer>...</answer>` (else
+what follows an unclosed `<answer>`, else the whole response), by the kind of ground truth:
+
+- A letter (multiple choice): the answer must name exactly one option, affirmatively.
+  Options are named by letter ("B", "(b)", "**B**", "B. yellow circle", "b) ...", "Answer: B",
+  "the answer is b.", "I pick option B", "B is right") or by text ("the yellow circle" for
+  "B. yellow circle"; case, punctuation and articles ignored). A lower-case letter names an
+  option only with a mark beside it ("b.", "(b)", "b)", or last in the answer), and "A" / "I"
+  followed by a word are English, so neither "a yellow circle" nor "I think" names one.
+  Every name in the answer counts, and
+  * a negated name is no choice and is skipped: "option A is wrong", "not A", "rule out (A)",
+    "A cannot be", "not the red circle" -- so "Option A is wrong." is nothing and "option A is
+    wrong, so the answer is B" is B;
+  * a list of letters is nothing: "A, B, C, or D", "A or B", "b and c", "A/B";
+  * names of two options are nothing: "A. no, the answer is B", "B. red circle" (C's text).
+  The one option named must be among the row's options (A-D when it has none, or up to the
+  truth's letter).
+- A number: the answer must hold exactly one number ("1,000" is one), not negated, whose value
+  equals the truth's exactly: "7.0" is 7, "6.95" and "7.07" are not, "between 2 and 7" and
+  "3, 4, or 7" are nothing.
+- Anything else: equality after normalisation (lower case, no punctuation, no a/an/the); an
+  answer that normalises to nothing is never right.
+
+So no response is rewarded under two different truths of its question's kind, and none that
+names a wrong option is: both are hypothesis properties in tests/test_reward.py. Negation is
+read from a fixed word list; a rejection phrased otherwise ("B is out.") is read as a choice --
+tests/test_reward.py lists the phrasings covered.
 """
 
 import importlib.util
-import math
 import re
 import string
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 _TAG = r"</?(?:think|answer)>"
 _NO_TAG = rf"(?:(?!{_TAG}).)*"  # any text without a reasoning tag; linear, no nested quantifiers
 FORMAT = re.compile(rf"<think>{_NO_TAG}</think>\s*<answer>{_NO_TAG}</answer>", re.DOTALL)
 ANSWER = re.compile(rf"<answer>({_NO_TAG})</answer>", re.DOTALL)
-NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?", re.ASCII)
-ONLY_LETTER = re.compile(r"[\s(\[*\"']*([A-Za-z])[\s)\].*:\"']*", re.ASCII)
-LEADING_LETTER = re.compile(r"[\s(\[*]*([A-Za-z])[)\].:]", re.ASCII)
-CUE_LETTER = re.compile(r"(?:answer|option|choice)\s*(?:(?:is|:|=)\s*)?[(\[]?([A-Za-z])(?![A-Za-z0-9])(.?)",
-                        re.IGNORECASE | re.ASCII)
+NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?", re.ASCII)
+LETTER = re.compile(r"(?<![A-Za-z0-9])(?<![A-Za-z0-9]['’])[A-Za-z](?!['’]?[A-Za-z0-9])", re.ASCII)
+NEXT_WORD = re.compile(r"\s+([a-z]+)", re.ASCII)
+LETTER_FOLLOWERS = {"or", "and", "nor", "is", "was", "seems", "looks", "appears"}  # "A is ..." is option A
+MARK_BEFORE, MARK_AFTER = "([*\"'", ").]:,*\"'"
+# what may stand between two letters of a list: "A, B", "(A) or (B)", "A, B, or C", "A and/or option B"
+LIST_GAP = re.compile(r"[\s.)\]:*\"']*(?:,|/|&|\b(?:or|and|nor)\b)(?:\s*(?:,|/|\b(?:or|and)\b))*"
+                      r"\s*(?:(?:option|choice)\s+)?[\s(\[*\"']*", re.IGNORECASE | re.ASCII)
+NEGATED_BEFORE = re.compile(  # "not (A)", "It cannot be B", "rule out option A", "isn't the red circle"
+    r"(?:\b(?:not|no|never|cannot|except|than|instead of|exclude|excluding|eliminate|eliminating|rule out|"
+    r"ruling out)|n['’ ]t)\s+(?:(?:the|an?|it|is|be|option|choice|answer)\s+){0,3}[(\[*\"']*$", re.IGNORECASE)
+NEGATED_AFTER = re.compile(  # "A is wrong", "A can be ruled out", "A isn't", "A: incorrect" (not "A, not B")
+    r"[\s.)\]:*\"'-]*(?:(?:is|was|are|seems|looks|appears|can|could|must|should|would|will|may|might|does|did|do)"
+    r"(?:\s+be)?\s+(?:the\s+)?(?:not|never|wrong|incorrect|false|impossible|unlikely|ruled out|eliminated|excluded)"
+    r"\b|(?:is|was|are|does|did|do|can|could|would|should)n['’ ]t\b|cannot\b|(?:wrong|incorrect|false)\b)",
+    re.IGNORECASE)
 OPTION_PREFIX = re.compile(r"\s*\(?[A-Za-z][).:]\s*", re.ASCII)
 ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 PUNCTUATION_TO_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
@@ -59,51 +91,76 @@ def normalize(text: str) -> str:
     return " ".join(ARTICLES.sub(" ", text).split())
 
 
-def _option_pick(text: str, options: list[str]) -> int | None:
-    """The one option whose text `text` is (or, failing that, contains), or None."""
+def _negated(text: str, start: int, end: int) -> bool:
+    """Whether the name at text[start:end] is rejected by the words around it ("not A", "A is wrong")."""
+    return bool(NEGATED_BEFORE.search(text, max(0, start - 40), start) or NEGATED_AFTER.match(text, end))
+
+
+def _letter_names(text: str) -> tuple[set[str], bool]:
+    """(The option letters `text` names and does not negate, whether it lists letters)."""
+    last = len(text.rstrip())
+    letters, named = [], set()
+    for m in LETTER.finditer(text):
+        letter, start, end = m.group(), m.start(), m.end()
+        word = NEXT_WORD.match(text, end) if letter in "aAiI" else None
+        english = word is not None and word.group(1) not in LETTER_FOLLOWERS  # "a cat", "I think", "A red ..."
+        if english and letter != "A":
+            continue
+        letters.append(m)  # "A red circle" names nothing, but "B or A because ..." is still a list
+        marked = (start > 0 and text[start - 1] in MARK_BEFORE) or end >= last or text[end] in MARK_AFTER
+        if not english and (letter.isupper() or marked) and not _negated(text, start, end):
+            named.add(letter.upper())
+    listed = any(LIST_GAP.fullmatch(text, a.end(), b.start()) for a, b in zip(letters, letters[1:], strict=False))
+    return named, listed
+
+
+def _text_names(text: str, texts: list[str]) -> set[int]:
+    """Indices of the option `texts` (normalised) that normalised `text` contains and does not negate.
+
+    A text inside a longer option text's match ("red" in "dark red") is not a name of its own.
+    """
     said = normalize(text)
-    texts = [normalize(OPTION_PREFIX.sub("", o, count=1)) for o in options]
-    picked = [k for k, t in enumerate(texts) if t and t == said]
-    if not picked:
-        picked = [k for k, t in enumerate(texts) if t and f" {t} " in f" {said} "]
-    return picked[0] if len(picked) == 1 else None
+    found = []  # (start, -length, option text)
+    for t in set(filter(None, texts)):
+        found += [(m.start(), -len(t), t) for m in re.finditer(rf"(?<!\S){re.escape(t)}(?!\S)", said)]
+    named, reach = set(), -1
+    for start, neg_length, t in sorted(found):
+        end = start - neg_length
+        if end > reach and not _negated(said, start, end):
+            named.update(k for k, other in enumerate(texts) if other == t)
+        reach = max(reach, end)
+    return named
 
 
 def choice_letter(text: str, options: list[str] | None = None, letters: str = "ABCD") -> str | None:
-    """The option letter `text` picks, or None. Only letters in `letters` count.
+    """The one option letter `text` names (see the module docstring), or None; only `letters` count.
 
-    Tried in order, the first letter in `letters` wins: the text is just a letter ("(b)"); it
-    starts with one ("B. the red circle"); the last cue ("answer is B", "Answer: b", but not
-    the article in "the answer is a red circle"; "answer" cues before "option"/"choice" ones);
-    the text of exactly one option.
+    Option texts are overwritten with a plain word before letters are read, so the "C" of
+    "B. Vitamin C" names nothing and "a yellow circle" still reads as the article.
     """
-    text = text.strip()
-    found = []
-    if m := ONLY_LETTER.fullmatch(text):
-        found.append(m.group(1))
-    if m := LEADING_LETTER.match(text):
-        found.append(m.group(1))
-    cues = [m for m in CUE_LETTER.finditer(text)
-            if m.group(1).isupper() or m.group(2) in ("", ".", ")", "]", ":", ",")]
-    # "so the answer is B" outranks "option A is wrong"
-    answer_cues = [m for m in cues if m.group(0)[:6].lower() == "answer"]
-    found += [m.group(1) for m in (answer_cues or cues)[-1:]]
-    for letter in found:
-        if letter.upper() in letters:
-            return letter.upper()
-    if options and (k := _option_pick(text, options)) is not None and k < len(letters):
-        return letters[k]
-    return None
+    raw = [OPTION_PREFIX.sub("", o, count=1).strip() for o in options or []]
+    blanked = text
+    for t in sorted(raw, key=len, reverse=True):
+        if len(t) > 1:
+            blanked = re.sub(rf"(?<![A-Za-z0-9]){re.escape(t)}(?![A-Za-z0-9])", lambda m: "x" * len(m.group()),
+                             blanked, flags=re.IGNORECASE)
+    named, listed = _letter_names(blanked)
+    named |= {string.ascii_uppercase[k] for k in _text_names(text, [normalize(t) for t in raw]) if k < 26}
+    if listed or len(named) != 1:
+        return None
+    (letter,) = named
+    return letter if letter in letters else None
 
 
-def _number(text: str) -> float | None:
-    found = NUMBER.findall(text.replace(",", ""))
-    return float(found[-1]) if found else None
+def _decimal(number: str) -> Decimal | None:
+    try:
+        return Decimal(number.replace(",", ""))
+    except InvalidOperation:  # an exponent too large for decimal
+        return None
 
 
-def accuracy_reward(response: str, answer: str, example: dict | None = None, rel_tol: float = 1e-2,
-                    abs_tol: float = 1e-6) -> float:
-    """1.0 when the response's answer matches the ground truth `answer` (see the module docstring)."""
+def accuracy_reward(response: str, answer: str, example: dict | None = None) -> float:
+    """1.0 when the response's answer is the ground truth `answer` (see the module docstring)."""
     said = extract_answer(response)
     truth = answer.strip()
     options = (example or {}).get("options")
@@ -112,12 +169,14 @@ def accuracy_reward(response: str, answer: str, example: dict | None = None, rel
         count = len(options) if options else max(4, ord(truth.upper()) - ord("A") + 1)
         letters = string.ascii_uppercase[:count]
         return 1.0 if choice_letter(said, options, letters) == truth.upper() else 0.0
-    if NUMBER.fullmatch(truth.replace(",", "")):
-        expected, got = _number(truth), _number(said)
-        if got is None or not math.isfinite(got) or not math.isfinite(expected):
-            return 1.0 if got == expected else 0.0
-        return 1.0 if math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol) else 0.0
-    return 1.0 if normalize(said) == normalize(truth) else 0.0
+    if NUMBER.fullmatch(truth):
+        found = list(NUMBER.finditer(said))
+        if len(found) != 1 or _negated(said, found[0].start(), found[0].end()):
+            return 0.0
+        got = _decimal(found[0].group())
+        return 1.0 if got is not None and got == _decimal(truth) else 0.0
+    said = normalize(said)
+    return 1.0 if said and said == normalize(truth) else 0.0
 
 
 def reward(response: str, answer: str, example: dict | None = None, accuracy_weight: float = 0.9,

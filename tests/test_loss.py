@@ -4,8 +4,13 @@ import math
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from minirl.loss import aggregate, compute_advantages, grpo_advantages, grpo_loss, kl_penalty, policy_loss
+
+# our own reward levels (0.1 format, 0.9 accuracy), thirds, and extremes
+REWARD_LEVELS = [0.0, 0.1, 0.9, 1.0, 1 / 3, 2 / 3, -0.9, 1e-30, 1e-8, 1e8, 3e30]
 
 
 def test_grpo_advantages_by_hand():
@@ -27,6 +32,26 @@ def test_advantage_scales_and_rloo():
     assert not torch.isnan(grpo_advantages(torch.ones(3, 1))).any()
     with pytest.raises(ValueError, match="scale"):
         grpo_advantages(rewards, "median")
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@example(value=0.9, n=8, estimator="grpo", scale="group", mixed=False)  # was +0.056 for every sample
+@example(value=0.9, n=3, estimator="rloo", scale="group", mixed=False)
+@example(value=1 / 3, n=7, estimator="grpo", scale="none", mixed=True)
+@given(value=st.one_of(st.sampled_from(REWARD_LEVELS), st.floats(-1e6, 1e6, width=32)), n=st.integers(1, 64),
+       estimator=st.sampled_from(["grpo", "rloo"]), scale=st.sampled_from(["group", "batch", "none"]),
+       mixed=st.booleans())
+def test_all_equal_group_gets_exactly_zero_advantage(value, n, estimator, scale, mixed):
+    """A group whose samples all scored the same carries no signal: exactly 0.0, never the float32
+    rounding of its mean divided by a std of that same rounding."""
+    rewards = torch.full((1, n), value)
+    if mixed:  # beside a group with spread, so "batch" divides by a real std
+        rewards = torch.cat([rewards, torch.linspace(0.0, 1.0, n)[None]])
+    if estimator == "rloo" and n < 2:
+        with pytest.raises(ValueError, match="RLOO"):
+            compute_advantages(rewards, estimator, scale)
+        return
+    assert torch.equal(compute_advantages(rewards, estimator, scale)[:n], torch.zeros(n))
 
 
 def test_policy_loss_clip_higher_by_hand():
@@ -56,6 +81,43 @@ def test_kl_estimators_by_hand():
     assert kl_penalty(logp, ref, "k2").item() == pytest.approx(0.5 * lr**2)
     assert kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 - 1 + lr)
     assert (kl_penalty(torch.randn(100), torch.randn(100), "k3") >= 0).all()
+
+
+@pytest.mark.parametrize("log_ratio", [50.0, -50.0, 1e4, -1e4])
+@pytest.mark.parametrize("kl_kind", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("dual_clip", [None, 3.0])
+def test_extreme_log_ratios_give_finite_loss_and_gradients(log_ratio, kl_kind, dual_clip):
+    """A token whose probability moved by e^1e4 (a bf16 logit blow-up) must not put inf or NaN
+    into the loss or the gradient: both advantage signs, the policy and the reference ratio."""
+    old = torch.zeros(4, 3)
+    logp = torch.full((4, 3), log_ratio, requires_grad=True)
+    adv = torch.tensor([1.0, -1.0, 2.0, -2.0])
+    loss, metrics = grpo_loss(logp, old, adv, torch.ones(4, 3), ref_logp=old, kl_coef=0.1, kl_kind=kl_kind,
+                              dual_clip=dual_clip, agg="token-mean", global_tokens=12, global_seqs=4)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_clamps_change_nothing_inside_their_range():
+    """Inside |log-ratio| < 20 (and k3 < 10) loss and gradient are bitwise today's formulas."""
+    old, ref = torch.randn(64, 32) * 5, torch.randn(64, 32) * 5
+    logp = (old + torch.empty(64, 32).uniform_(-19.9, 19.9)).requires_grad_()
+    adv = torch.randn(64)
+    ratio = torch.exp(logp - old)  # unclamped reference
+    expected = torch.maximum(-adv[:, None] * ratio, -adv[:, None] * ratio.clamp(0.8, 1.28))
+    loss, _, _ = policy_loss(logp, old, adv, clip_low=0.2, clip_high=0.28)
+    assert torch.equal(loss, expected)
+    assert torch.equal(*(torch.autograd.grad(x.sum(), logp)[0] for x in (loss, expected)))
+
+    log_ratio = logp - ref
+    expected = torch.exp(-log_ratio) - 1.0 + log_ratio
+    inside = (log_ratio.abs() < 20) & (expected < 10)
+    assert inside.float().mean() > 0.3
+    k3 = kl_penalty(logp, ref, "k3")
+    assert torch.equal(k3[inside], expected[inside])
+    grads = [torch.autograd.grad(x.sum(), logp)[0][inside] for x in (k3, expected)]
+    assert torch.equal(*grads)
 
 
 def test_aggregations_by_hand():

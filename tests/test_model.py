@@ -168,6 +168,51 @@ def test_strict_loading_names_the_tensor(tiny_dir, tmp_path):
         load_model(tmp_path / "nowhere")
 
 
+def _with_config(src, dst, edit):
+    """A copy of checkpoint `src` in `dst` whose config.json has been changed by `edit(config)`."""
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    config = json.loads((src / "config.json").read_text())
+    edit(config)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def _sliding(c):  # what a user who turns sliding windows on writes; transformers recomputes layer_types
+    c["text_config"].update(use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    del c["text_config"]["layer_types"]
+
+
+ROPE_LINEAR = dict(rope_type="linear", factor=2.0, rope_theta=10000.0, mrope_section=[4, 6, 6])
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_sliding, "use_sliding_window"),
+    (lambda c: c["text_config"].update(layer_types=["full_attention"] * 3 + ["sliding_attention"]), "layer_types"),
+    (lambda c: c["text_config"].update(hidden_act="gelu"), "hidden_act"),
+    (lambda c: c["text_config"].update(attention_dropout=0.1), "attention_dropout"),
+    (lambda c: c["text_config"].update(head_dim=16), "head_dim"),
+    (lambda c: c["text_config"].update(rope_parameters=ROPE_LINEAR), "rope_type"),
+    (lambda c: c["vision_config"].update(out_hidden_size=64), "out_hidden_size"),
+    (lambda c: c.update(model_type="qwen2_vl"), "model_type"),
+], ids=["sliding_window", "layer_types", "hidden_act", "attention_dropout", "head_dim", "rope_type",
+        "out_hidden_size", "model_type"])
+def test_config_that_changes_the_math_is_refused(tiny_dir, tmp_path, edit, field):
+    """transformers computes something else for each of these (or cannot run them): loading must
+    fail with the field named, never succeed and then give different logits."""
+    with pytest.raises(ValueError, match=field):
+        load_model(_with_config(tiny_dir, tmp_path / "edited", edit))
+
+
+def test_config_fields_that_do_not_change_the_math_load(tiny_dir, tmp_path):
+    def edit(c):  # a window size is harmless while use_sliding_window is false (transformers ignores it)
+        c["text_config"].update(sliding_window=8, max_window_layers=0, max_position_embeddings=64,
+                                initializer_range=0.5)
+
+    load_model(_with_config(tiny_dir, tmp_path / "edited", edit))
+
+
 def test_bf16_load(tiny_dir):
     model = load_model(tiny_dir, dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16 and model.visual.dtype == torch.bfloat16
