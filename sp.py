@@ -396,8 +396,9 @@ class _SumOverGroup(torch.autograd.Function):
 
 def sp_packed_logprobs(model, packed: Packed, video_embeds: torch.Tensor | None, group, temperature: float = 1.0,
                        with_entropy: bool = False):
-    """`sp_token_logprobs` for shared-prefix packed groups (`minirl.packing`): log-probs (N,) of
-    every response token in the unpacked order (split per response by `packed.lengths`).
+    """`sp_token_logprobs` for shared-prefix packed groups (`minirl.packing`): log-probs (B, R) of
+    the B responses' tokens, right-padded with 0 (`packed.response_slots()`), the same on every
+    rank and differentiable; with `with_entropy`, also the entropies (B, R).
 
     The packed row is sharded along its length like any sequence; after Ulysses' all-to-all the
     grouped attention sees the whole row. A row may score several tokens (the last prompt row
@@ -414,9 +415,11 @@ def sp_packed_logprobs(model, packed: Packed, video_embeds: torch.Tensor | None,
     mine = rows // hidden.shape[0] == rank  # (N,) picks scored on this rank
     logp = torch.log_softmax(model.logits(hidden[rows[mine] - rank * hidden.shape[0]]) / temperature, dim=-1)
     token_logp = logp.gather(1, packed.targets.to(model.device)[mine][:, None])[:, 0]  # (N_r,)
-    outs = [_scatter_rows(token_logp, mine)]
+    outs = [_scatter_rows(token_logp, mine)]  # (N,)
     if with_entropy:
         outs.append(_scatter_rows(-(logp.exp() * logp).sum(-1), mine))
     if P > 1:
         outs = [_SumOverGroup.apply(o, group) for o in outs]
+    slots = packed.response_slots().to(model.device)  # (B, R)
+    outs = [_scatter_rows(o, slots) for o in outs]  # (B, R) each
     return tuple(outs) if with_entropy else outs[0]

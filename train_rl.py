@@ -32,6 +32,7 @@ import statistics
 import sys
 from collections import ChainMap
 from functools import partial
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ from minirl.trainer import (
     all_reduce_sum,
     backward,
     build_micro_batch,
+    build_packed_batch,
     compute_dtype,
     count_skipped,
     frame_sampling,
@@ -66,7 +68,7 @@ from minirl.trainer import (
     timed,
 )
 from rollout import Sample, SamplingParams, sample
-from sp import encode_videos, init_distributed, sp_token_logprobs, validate_layout
+from sp import encode_videos, init_distributed, sp_packed_logprobs, sp_token_logprobs, validate_layout
 
 
 @dataclasses.dataclass
@@ -118,6 +120,7 @@ class RLConfig:
     algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     parallel: C.ParallelConfig = dataclasses.field(default_factory=C.ParallelConfig)
+    mrsp: C.MRSPConfig = dataclasses.field(default_factory=C.MRSPConfig)
     eval: C.EvalConfig = dataclasses.field(default_factory=C.EvalConfig)
     run: C.RunConfig = dataclasses.field(default_factory=lambda: C.RunConfig(out="runs/rl"))
 
@@ -326,21 +329,33 @@ class Trainer:
         return seqs
 
     def micro_inputs(self, model, seqs: list[Sequence], items: dict, cache, for_update: bool = False) -> dict:
-        """Right-padded micro-batch of (prompt + response) sequences, each with its own cached video.
+        """The forward inputs of a micro-batch, each prompt with its own cached video.
 
-        With a trainable vision tower the update encodes its micro-batch's videos again, with
-        gradients (stage 1 again, across the SP group); the cache still serves the rollout and
-        the old/ref forwards.
+        Shared prefix (default): the micro-batch's samples of one prompt (consecutive: sequences
+        are prompt-major) are packed with that prompt into one group, its video once. Ablation:
+        one right-padded (prompt + response) row per sample, a video copy each. With a trainable
+        vision tower the update encodes the videos again, with gradients (stage 1 again, across
+        the SP group); the cache still serves the rollout and the old/ref forwards.
         """
-        mine = [items[s.key] for s in seqs]
-        responses = [torch.tensor(s.response, dtype=torch.long) for s in seqs]
+        if self.cfg.mrsp.shared_prefix:
+            groups = [list(g) for _, g in groupby(seqs, key=lambda s: s.key)]
+        else:
+            groups = [[s] for s in seqs]
+        mine = [items[g[0].key] for g in groups]
         if for_update and self.cfg.model.train_vision:
             video = encode_videos(self.model, mine, self.sp_group, self.cfg.parallel.parallel_encode)
         else:
-            video = [cache[s.key] for s in seqs]
-        return build_micro_batch(model, [s.prompt_ids for s in seqs], responses, video, mine)
+            video = [cache[g[0].key] for g in groups]
+        responses = [[torch.tensor(s.response, dtype=torch.long) for s in g] for g in groups]
+        if self.cfg.mrsp.shared_prefix:
+            return build_packed_batch(model, mine, [g[0].prompt_ids for g in groups], responses, video)
+        return build_micro_batch(model, [s.prompt_ids for s in seqs], [r for (r,) in responses], video, mine)
 
     def sp_logprobs(self, model, batch: dict, with_entropy: bool = False):
+        """Log-probs (and entropies) laid out like batch["targets"], 0 where it is IGNORE_INDEX."""
+        if "packed" in batch:
+            return sp_packed_logprobs(model, batch["packed"], batch["video_embeds"], self.sp_group,
+                                      self.cfg.rollout.temperature, with_entropy)
         return sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
                                  batch["targets"], self.sp_group, self.cfg.rollout.temperature, with_entropy,
                                  video_mask=batch["video_mask"])

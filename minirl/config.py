@@ -148,6 +148,13 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass
+class MRSPConfig:
+    # old/ref/update forwards run each prompt once per micro-batch, packed with its samples under
+    # grouped attention (minirl.packing); false: one (prompt + response) row per sample (the ablation)
+    shared_prefix: bool = True
+
+
+@dataclasses.dataclass
 class EvalConfig:
     every: int = 0  # evaluate every N steps (0: only at the end)
     max_examples: int = 0  # 0: the whole test set

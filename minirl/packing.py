@@ -55,8 +55,14 @@ class Packed:
     video_mask: torch.Tensor  # (1, L): the prompts' <|video_pad|> slots
     pick_rows: torch.Tensor  # (N,): the row scoring each response token, unpacked order
     targets: torch.Tensor  # (N,): the response tokens themselves, same order
-    lengths: list[int]  # response lengths, unpacked order: flat (N,) outputs split by these
+    lengths: list[int]  # response lengths, unpacked order
     spans: list[Span]
+
+    def response_slots(self) -> torch.Tensor:
+        """(B, R) bool, B responses right-padded to the longest: token t of response b exists.
+        Row-major, its set entries are the picks in order."""
+        lengths = torch.tensor(self.lengths)
+        return torch.arange(int(lengths.max()))[None] < lengths[:, None]
 
 
 def pack(groups: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]], video_token_id: int | None) -> Packed:

@@ -35,6 +35,7 @@ from torch.distributed.tensor import DTensor
 
 from minirl.data import IGNORE_INDEX, Example, load_jsonl
 from minirl.model import QwenVL, next_position, rope_index
+from minirl.packing import pack
 from minirl.video import FrameSampling, VideoError, probe
 
 
@@ -206,6 +207,23 @@ def build_micro_batch(model: QwenVL, prompts: list[torch.Tensor], responses: lis
         positions[:, b, :len(p) + len(r)] = sequence_positions(model, item, p, len(r))[:, 0]
     return dict(input_ids=input_ids, video_embeds=torch.cat(video_embeds), video_mask=video_mask,
                 positions=positions, targets=targets)
+
+
+def build_packed_batch(model: QwenVL, items: list[dict], prompts: list[torch.Tensor],
+                       responses: list[list[torch.Tensor]], video_embeds: list[torch.Tensor]) -> dict:
+    """`build_micro_batch` with each prompt's samples packed into one row with it (one group per
+    prompt, `minirl.packing`), for sp_packed_logprobs.
+
+    Returns packed (a `Packed`), video_embeds (N, C) (each group's own video, once, in group
+    order) and targets (B, R): the B responses in order, right-padded with IGNORE_INDEX, laid out
+    like the log-probs that sp_packed_logprobs returns. Prompt positions are the sampler's
+    (`sequence_positions`); response positions follow its rule inside `pack`.
+    """
+    packed = pack([(p, sequence_positions(model, item, p, 0)[:, 0], rs)
+                   for item, p, rs in zip(items, prompts, responses, strict=True)], model.config.video_token_id)
+    slots = packed.response_slots()  # (B, R)
+    targets = torch.full(slots.shape, IGNORE_INDEX, dtype=torch.long).masked_scatter(slots, packed.targets)
+    return dict(packed=packed, video_embeds=torch.cat(video_embeds), targets=targets)
 
 
 def split_sft_item(item: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,10 +19,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import free_port
+from test_train import REWARD, max_diff, rl_args, run_rl
 
 import sp
+from minirl import synth
 from minirl.model import load_model, rope_index
 from minirl.packing import grouped_attention, pack, response_mask
+from minirl.tiny import build_tiny_model, default_corpus
 from minirl.trainer import build_micro_batch, sequence_positions
 
 TOL = 1e-5
@@ -138,7 +141,10 @@ def _packed(model, videos, case, group, train_vision):
     packed = pack([(prompt, rope_index(prompt, videos[name]["video_grid_thw"], videos[name]["second_per_grid_ts"],
                                        model.config), responses) for name, prompt, responses in groups],
                   model.config.video_token_id)
-    lp, ent = sp.sp_packed_logprobs(model, packed, torch.cat(embeds), group, with_entropy=True)
+    lp, ent = sp.sp_packed_logprobs(model, packed, torch.cat(embeds), group, with_entropy=True)  # (B, R) each
+    slots = packed.response_slots()
+    assert not lp[~slots].any() and not ent[~slots].any()
+    lp, ent = lp[slots], ent[slots]  # row-major: the unpacked order
     ((lp * case["weights"]).sum() + 0.1 * ent.sum()).backward()
     return dict(logprobs=lp.detach(), entropies=ent.detach(), grads=_grads(model, group),
                 length=packed.input_ids.shape[1])
@@ -303,3 +309,45 @@ def test_grouped_attention_equals_separate_sequences():
     assert (out - ref_out).abs().max() <= 1e-6 and not out[:, -2:].any()
     for ref, t in zip(ref_grads, (q, k, v), strict=True):
         assert (ref - t.grad).abs().max() <= 1e-6
+
+
+# ----------------------------------------------------------------------------- a whole RL step
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """test_train.py's RL setup: synthetic videos, the tiny model, a dense toy reward."""
+    root = tmp_path_factory.mktemp("rl")
+    synth.generate(root / "data", train=8, test=4, frames=64, per_video=2, seed=3)
+    build_tiny_model(root / "model", default_corpus(root / "data" / "train.jsonl"), seed=0)
+    (root / "reward.py").write_text(REWARD)
+    return root
+
+
+@pytest.mark.parametrize("world", [2, 4], ids=["dp1xsp2", "dp2xsp2"])
+def test_rl_step_equals_the_unshared_step(setup, tmp_path, world):
+    """One step (2 mini-batches of k = 2 samples per prompt, KL on; micro-batches of two packed
+    groups) with `mrsp.shared_prefix` on and off: the same weights and metrics.
+
+    lr 1e-5, the default: Adam's first steps move every weight by about lr whatever its gradient,
+    so a rounding-level difference on a near-zero gradient shows at the scale of lr (1.7e-6 at
+    lr 1e-4, for weights that moved 2e-4).
+    """
+    args = {"optim.lr": 1e-5, "parallel.sp": 2, "algo.micro_batch_size": 4}
+    before = load_model(setup / "model").state_dict()
+    shared = run_rl(world, rl_args(setup, tmp_path / "on", **args), tmp_path)
+    plain = run_rl(world, rl_args(setup, tmp_path / "off", **args, **{"mrsp.shared_prefix": "false"}), tmp_path)
+    assert max_diff(shared["state"], before) > 1e-5  # the step really changed the weights (2 Adam steps)
+    assert max_diff(shared["state"], plain["state"]) <= 1e-6
+    print(f"world {world}: weights max |shared - unshared|", max_diff(shared["state"], plain["state"]))
+    # pg_loss sums terms that cancel (a group's advantages sum to 0): rounding shows at abs ~1e-7
+    for key in ("actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/grad_norm"):
+        assert shared["metrics"][0][key] == pytest.approx(plain["metrics"][0][key], rel=1e-5, abs=1e-6), key
+
+
+def test_sampler_logprobs_equal_packed_old_logprobs(setup, tmp_path):
+    """The sampler's log-probs vs the packed sequence-parallel recompute (fp32): same bound as today's path."""
+    args = {"parallel.sp": 2, "rollout.max_new_tokens": 16, "algo.micro_batch_size": 4, "mrsp.shared_prefix": "true"}
+    result = run_rl(2, rl_args(setup, tmp_path / "lp", **args), tmp_path, task="logprobs")
+    assert result["tokens"] > 50
+    assert result["diff"] <= 1e-4
