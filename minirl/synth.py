@@ -17,7 +17,7 @@ shuffled blocks of A-D, so both are balanced, not merely random. Every question 
 chain of thought citing the evidence with timestamps, written from the event metadata.
 
     python -m minirl.synth --out DIR [--train N --test N --frames F --size S --fps R --per-video Q
-                                      --seed S]
+                                      --seed S --no-timestamps --easy --captions K]
     python -m minirl.synth report --data DIR/test.jsonl
 
 The default (3000 train / 600 test questions, 4 per video, 256 frames of 56x56 at 8 fps, about
@@ -56,6 +56,7 @@ STATIC_FRAMES = (2, 4)  # inclusive range of how long a static shape stays on sc
 MOVER_FRAMES = 6  # the moving object: first frame at its start, last frame at its goal
 MIN_EVENT_FRAMES = STATIC_FRAMES[0]  # the oracle knows no event is shorter than this
 MIN_VIDEO_FRAMES = 64
+CAPTION_PROMPT = "Describe the video."
 
 
 # ----------------------------------------------------------------------------- events
@@ -353,12 +354,33 @@ def make_question(events, category, slot, rng, fps, easy: bool = False) -> dict:
     )
 
 
+def caption(events: list[dict], visible_at: int, num_frames: int) -> tuple[str, int]:
+    """A dense caption of what `visible_at` uniformly sampled frames show, and how many events.
+
+    Every event on screen in at least one sampled frame, in time order, with its quadrant (and
+    the moving object's goal): the perception-pretraining target of the embedded base model. An
+    event no sampled frame shows is left out, so the target never asks for what cannot be seen.
+    """
+    indices = uniform_indices(num_frames, visible_at).tolist()
+    seen = [e for e in events if any(on_screen(e, f) for f in indices)]
+    parts = [f"the {name(e)} at the {e['pos']}" + (f" moves to the {e['to']}" if e["to"] else "") for e in seen]
+    return ("First " + ", then ".join(parts) + "." if parts else "Nothing appears."), len(seen)
+
+
+def caption_row(events: list[dict], visible_at: int, num_frames: int) -> dict:
+    text, count = caption(events, visible_at, num_frames)
+    return dict(problem=CAPTION_PROMPT, answer=str(count), reasoning=f"{text} {count} in total.",
+                category="Caption", task=dict(kind="caption", visible_at=visible_at))
+
+
 def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_video: int, seed: int,
-               timestamps: bool = True, easy: bool = False):
+               timestamps: bool = True, easy: bool = False, captions: int = 0):
     """(videos, rows): the event scripts and the jsonl rows of one split, no files written.
 
     Question q has category CATEGORIES[q % 4]; each category deals its answer letters from
     shuffled blocks of A-D. Train and test use different random streams and video folders.
+    captions > 0: one caption row per video instead (see `caption`), of what that many
+    uniformly sampled frames show.
     """
     if num_frames < MIN_VIDEO_FRAMES:
         raise ValueError(f"--frames must be at least {MIN_VIDEO_FRAMES}, got {num_frames}")
@@ -366,6 +388,13 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
     letters = {c: [] for c in CATEGORIES}
     videos, rows = [], []
     for q in range(num_questions):
+        if captions:
+            videos.append(make_events(rng, num_frames))
+            row = caption_row(videos[-1], captions, num_frames)
+            row.update(videos=[f"videos/{split}/{q:05d}.mp4"], id=f"{split}-{q:05d}", events=videos[-1],
+                       num_frames=num_frames, fps=fps)
+            rows.append(row)
+            continue
         if q % per_video == 0:
             videos.append(make_events(rng, num_frames))
         v = len(videos) - 1
@@ -383,8 +412,9 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
 
 
 def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
-             per_video: int = 4, seed: int = 0, timestamps: bool = True, easy: bool = False) -> dict:
-    """Write the benchmark to `out`; returns {split: number of questions}."""
+             per_video: int = 4, seed: int = 0, timestamps: bool = True, easy: bool = False,
+             captions: int = 0) -> dict:
+    """Write the benchmark to `out`; returns {split: number of rows}."""
     if size % 28 or size < 28:
         # Qwen's processor resizes every frame to multiples of 28 (patch 14 x merge 2); frames that
         # already are pass through unresampled, so blobs stay crisp.
@@ -392,7 +422,7 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("test", test)):
-        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy)
+        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy, captions)
         for v, events in enumerate(videos):
             write_mp4(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps)
         with open(out / f"{split}.jsonl", "w") as f:
@@ -405,9 +435,10 @@ def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0
            easy: bool = False) -> list[str]:
     """Texts for training the tiny model's tokenizer: questions, options, reasoning and the prompt."""
     _, rows = make_split("corpus", 4 * num_videos, frames, fps, 4, seed, timestamps, easy)
+    _, captions = make_split("corpus", num_videos, frames, fps, 1, seed, captions=frames)
     texts = [SYSTEM_PROMPT, INSTRUCTION, INSTRUCTION_OPEN, "system", "user", "assistant"]
-    for row in rows:
-        texts += [row["problem"], *row["options"], row["reasoning"]]
+    for row in rows + captions:
+        texts += [row["problem"], *row.get("options", []), row["reasoning"]]
     return texts
 
 
@@ -553,11 +584,13 @@ def main(argv=None):
                         help="reasoning without timestamps: about half the tokens, learnable by a tiny model")
     parser.add_argument("--easy", action="store_true",
                         help="one template per category with fixed option lists (a tiny-model demo)")
+    parser.add_argument("--captions", type=int, default=0, metavar="K",
+                        help="one dense-caption row per video (what K uniform frames show) instead of questions")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     counts = generate(args.out, args.train, args.test, args.frames, args.size, args.fps, args.per_video,
-                      args.seed, not args.no_timestamps, args.easy)
+                      args.seed, not args.no_timestamps, args.easy, args.captions)
     print(f"wrote {counts['train']} train / {counts['test']} test questions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s")
 
