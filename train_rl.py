@@ -240,7 +240,8 @@ class Trainer:
             groups += new_groups
             need = all_gather_objects(self.per_rank - len(groups))  # a collective: every rank calls it
             if not any(need):
-                # one mapping over the rounds' caches (a plain merge would read every value)
+                # ChainMap: one {key: embeds} view over the rounds' caches, read lazily (the naive
+                # baseline of bench_mrsp.py encodes at every read)
                 return groups, items, ChainMap(*caches), dict(dropped_groups=dropped, rounds=rounds)
         raise RuntimeError(
             f"dynamic sampling: after {tries} rounds, {sum(need)} of the {self.cfg.optim.batch_size} prompt "

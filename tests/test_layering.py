@@ -1,4 +1,5 @@
-"""The library never imports its entry points: no module of minirl/ imports a top-level file."""
+"""The library never imports its entry points (no module of minirl/ imports a top-level file), and
+IGNORE_INDEX has one definition."""
 
 import ast
 from pathlib import Path
@@ -30,3 +31,13 @@ def test_imported_modules_sees_nested_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("import os.path\nfrom sp import shard\n\ndef f():\n    from eval import evaluate\n")
     assert imported_modules(source) == {"os", "sp", "eval"}
+
+
+def test_ignore_index_is_defined_once():
+    """Every file that needs IGNORE_INDEX imports minirl.data's: one definition, so they cannot drift."""
+    defined = []
+    for path in sorted(ROOT.glob("*.py")) + sorted((ROOT / "minirl").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "IGNORE_INDEX" for t in node.targets):
+                defined.append(path.relative_to(ROOT).as_posix())
+    assert defined == ["minirl/data.py"]
