@@ -2,12 +2,14 @@
 
     python bench_mrsp.py [--quick] [--frames 16 32 ...] [--json PATH] [--plot PATH]
 
-Every run is one `train_rl.Trainer` step as a user runs it, in 2 fresh processes. The three variants:
+Every run is one `train_rl.Trainer` step as a user runs it, in 2 fresh processes. The four variants:
 (a) naive: `NaiveTrainer` below, the baseline the paper compares against: no embedding cache (every rollout
 and every old/ref/update forward encodes its video again) and one prefill per rollout; dp = 2.
 (b) stage 1: train_rl as it is, sp = 1: each video encoded once, its embeddings cached, one prefill per
 prompt; dp = 2. (c) stages 1+2: train_rl with sp = 2: frames encoded across the 2 ranks, Ulysses SP for the
-old/ref/update forwards. Builds its own model and synthetic videos in a temporary directory.
+old/ref/update forwards, one row per sample (`--mrsp.shared_prefix false`). (d) = (c) with the shared prefix:
+each forward packs a prompt's k = n/2 samples of a mini-batch with one copy of the prompt (minirl/packing.py).
+Builds its own model and synthetic videos in a temporary directory.
 """
 
 import argparse
@@ -84,10 +86,12 @@ class NaiveTrainer(Trainer):
 MRSP_VARIANTS = {
     "naive": (NaiveTrainer, ["--parallel.sp", "1"]),
     "stage1": (Trainer, ["--parallel.sp", "1"]),
-    "stage1+2": (Trainer, ["--parallel.sp", "2"]),
+    "stage1+2": (Trainer, ["--parallel.sp", "2", "--mrsp.shared_prefix", "false"]),
+    "shared": (Trainer, ["--parallel.sp", "2", "--mrsp.shared_prefix", "true"]),
 }
 MRSP_LABELS = {"naive": "(a) naive, dp=2", "stage1": "(b) stage 1: embedding cache, dp=2",
-               "stage1+2": "(c) stages 1+2: cache + parallel encode + Ulysses SP, sp=2"}
+               "stage1+2": "(c) stages 1+2: cache + parallel encode + Ulysses SP, sp=2",
+               "shared": "(d) stages 1+2 + shared prefix in old/ref/update, sp=2"}
 
 # The bench model: minirl.tiny's `bench` decoder with a vision tower sized so that vision FLOPs per merged
 # video token / decoder FLOPs per token is Qwen2.5-VL-7B's (`video_token_flops`). The ratio decides what
@@ -247,6 +251,8 @@ def _mrsp_run(work: Path, model_dir: Path, variant: str, frames: int, args) -> d
         "--algo.kl_coef", 0.01, "--algo.mini_batches", 2, "--algo.micro_batch_size", 1,
         "--run.out", work / "runs" / name, "--run.tensorboard", "false", *MRSP_VARIANTS[variant][1],
     ]
+    if variant == "shared":  # a forward packs the k = n/2 samples of a prompt in a mini-batch with the prompt
+        argv += ["--algo.micro_batch_size", max(1, args.n // 2)]
     log, out = work / f"{name}.log", work / f"{name}.json"
     start = time.perf_counter()
     try:
@@ -383,9 +389,11 @@ def bench_mrsp(args):
     def ratio_of(a, b, f, field="seconds"):
         return ok[(a, f)][field] / ok[(b, f)][field] if (a, f) in ok and (b, f) in ok else None
 
-    speedup = {"naive/stage1+2": {f: ratio_of("naive", "stage1+2", f) for f in frames},
+    speedup = {"naive/shared": {f: ratio_of("naive", "shared", f) for f in frames},
+               "naive/stage1+2": {f: ratio_of("naive", "stage1+2", f) for f in frames},
                "naive/stage1": {f: ratio_of("naive", "stage1", f) for f in frames}}
-    speedup_cpu = {"naive/stage1+2": {f: ratio_of("naive", "stage1+2", f, "cpu_s") for f in frames},
+    speedup_cpu = {"naive/shared": {f: ratio_of("naive", "shared", f, "cpu_s") for f in frames},
+                   "naive/stage1+2": {f: ratio_of("naive", "stage1+2", f, "cpu_s") for f in frames},
                    "naive/stage1": {f: ratio_of("naive", "stage1", f, "cpu_s") for f in frames}}
     budget_frames = frames[-2] if len(frames) > 1 else frames[-1]
     budget = args.budget_mb or (ok[("naive", budget_frames)]["peak_mb"] if ("naive", budget_frames) in ok else None)
@@ -398,15 +406,15 @@ def bench_mrsp(args):
         return f"{x:.2f}x" if x is not None else "-"
 
     names = list(MRSP_VARIANTS)
-    print(f"\n{'frames':>6} {'tokens':>6} | {'seconds per step':^26} | {'speedup':^13} | {'CPU speedup':^13} | "
-          f"{'peak MB added per process':^26}")
-    print(f"{'':>6} {'':>6} | " + " ".join(f"{n:>8}" for n in names) + f" | {'a/c':>6} {'a/b':>6} | "
-          f"{'a/c':>6} {'a/b':>6} | " + " ".join(f"{n:>8}" for n in names))
+    print(f"\n{'frames':>6} {'tokens':>6} | {'seconds per step':^35} | {'speedup':^20} | {'CPU speedup':^20} | "
+          f"{'peak MB added per process':^35}")
+    print(f"{'':>6} {'':>6} | " + " ".join(f"{n:>8}" for n in names) + f" | {'a/d':>6} {'a/c':>6} {'a/b':>6} | "
+          f"{'a/d':>6} {'a/c':>6} {'a/b':>6} | " + " ".join(f"{n:>8}" for n in names))
     for f in frames:
         tokens = next((r["prompt_tokens"] for (v, g), r in ok.items() if g == f), 0)
         print(f"{f:>6} {tokens:>6} | " + " ".join(f"{cell((n, f), 'seconds', '.2f'):>8}" for n in names)
-              + f" | {fx(speedup['naive/stage1+2'][f]):>6} {fx(speedup['naive/stage1'][f]):>6} | "
-              + f"{fx(speedup_cpu['naive/stage1+2'][f]):>6} {fx(speedup_cpu['naive/stage1'][f]):>6} | "
+              + " | " + " ".join(f"{fx(speedup[k][f]):>6}" for k in speedup) + " | "
+              + " ".join(f"{fx(speedup_cpu[k][f]):>6}" for k in speedup_cpu) + " | "
               + " ".join(f"{cell((n, f), 'peak_mb', '.0f'):>8}" for n in names))
 
     print("\nwhere the time goes (median seconds, slowest rank; CPU: both processes; encode: decode + stage-1 "

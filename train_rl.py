@@ -18,13 +18,16 @@ A step (`Trainer.step`), one call each:
 4. `advantages` loss.py, per group of n.
 5. `logprobs`   old-policy and reference log-probs by sequence-parallel prefill (MR-SP stage 2)
                 from the cached embeddings; skipped when exactly on-policy / when the KL is off.
+                Here and in the update a micro-batch's samples of one prompt are packed with one
+                copy of it under grouped attention (shared prefix, minirl/packing.py).
 6. `update`     mini-batches x ppo_epochs of the GRPO loss, FSDP2 + Ulysses, grad clip; an
                 optimizer step whose loss or gradient norm is NaN/inf is skipped on every rank.
 7. `metrics`    this rank's samples reduced over the world.
 
 Ablations: `--parallel.parallel_encode false` encodes each video on one rank, `--parallel.sp 1`
-turns off stage 2; bench_mrsp.py measures both against the naive baseline (no embedding cache,
-one prefill per rollout), which it defines.
+turns off stage 2, `--mrsp.shared_prefix false` runs one (prompt + response) row per sample;
+bench_mrsp.py measures them against the naive baseline (no embedding cache, one prefill per
+rollout), which it defines.
 """
 
 import dataclasses
@@ -392,6 +395,8 @@ class Trainer:
                 global_seqs = all_reduce_sum(len(mini)) / self.sp
                 loss_sum = 0.0
                 for m in range(0, len(mini), mb):
+                    # gradients accumulate unsharded; FSDP reduce-scatters once, after the last micro-batch
+                    self.model.set_requires_gradient_sync(m + mb >= len(mini))
                     idx = mini[m:m + mb]
                     micro = [seqs[i] for i in idx]
                     batch = self.micro_inputs(self.model, micro, items, cache, for_update=True)
