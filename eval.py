@@ -2,6 +2,7 @@
 
     python eval.py --model runs/rl/hf --data data/test.jsonl [--video-dir DIR] [--frames 16] [--n 1]
         [--temperature 0] [--max-new-tokens 512] [--out PRED.jsonl] [--json TABLE.json]
+        [--video-ablation] [--curate KEPT.jsonl]
 
 Each question's video is decoded and encoded once, its prompt built exactly as in training
 (`minirl.data`), and `--n` responses decoded by the rollout sampler (rollout.py) in batches of
@@ -21,12 +22,18 @@ Policies:
   `--out` the first free name of `<data stem>.predictions.jsonl`, `<data stem>.predictions.1.jsonl`,
   ... in the current directory is used. `--json` (the table) is a summary and is overwritten.
 
+`--video-ablation` gives each question another question's video: the control that shows a model
+reads the video (its accuracy must fall toward chance). `--curate OUT` (with `--n k` and a
+temperature) writes the questions answered right sometimes but not always, with their pass rate:
+the data filter the paper applies before RL.
+
 Trainers call `evaluate_copy`: the current (sharded) weights are copied into a plain model and
 `evaluate` runs data-parallel over their ranks: every rank decodes examples[rank::world] and
 every rank gets the whole table back.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -177,6 +184,36 @@ def evaluate_copy(model, eval_model: QwenVL, processor, examples: list[Example],
                     max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, rank=rank, world=world)
 
 
+def swap_videos(examples: list[Example]) -> list[Example]:
+    """The video ablation: question i gets the video of question i + N/2 (mod N), a different video
+    whenever the set has more than one, so the text is the same and the pictures are wrong."""
+    n = len(examples)
+    swapped = [dataclasses.replace(ex, video=examples[(i + n // 2) % n].video) for i, ex in enumerate(examples)]
+    if n > 1 and any(a.video == b.video for a, b in zip(examples, swapped, strict=True)):
+        raise ValueError("--video-ablation: some question kept its own video (several questions share a video "
+                         "half the set apart); shuffle the jsonl or use another subset")
+    return swapped
+
+
+def curate(examples: list[Example], records: list[dict], path) -> int:
+    """Write the rows whose sampled responses were right sometimes but not always, with pass_rate.
+
+    The paper keeps RL data "with diverse responses": a question always or never answered right
+    gives every sample the same reward, so GRPO's advantage is zero and it teaches nothing. Video
+    paths are written absolute, so the file works from any folder.
+    """
+    kept = 0
+    with open(path, "w") as f:
+        for ex, record in zip(examples, records, strict=True):
+            rate = _mean(record["accuracy"])
+            if record["error"] is None and 0 < rate < 1:
+                row = {**ex.row, "videos": [str(Path(ex.video).resolve())], "pass_rate": rate}
+                row.pop("video", None)
+                f.write(json.dumps(row) + "\n")
+                kept += 1
+    return kept
+
+
 def free_path(path: Path) -> Path:
     """`path` if it does not exist, else the first of stem.1.suffix, stem.2.suffix, ... that does not."""
     candidate, k = path, 0
@@ -210,7 +247,14 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="predictions jsonl; must not exist (default: a free "
                         "<data stem>.predictions[.k].jsonl in the current directory)")
     parser.add_argument("--json", default=None, help="also write the table here as JSON")
+    parser.add_argument("--video-ablation", action="store_true",
+                        help="give every question another question's video (the control: accuracy must drop)")
+    parser.add_argument("--curate", default=None, metavar="JSONL",
+                        help="write the questions answered right sometimes but not always (0 < pass rate < 1, "
+                             "needs --n > 1), each with its pass_rate: the paper's RL data filter")
     args = parser.parse_args(argv)
+    if args.curate and args.n < 2:
+        parser.error("--curate needs --n > 1 sampled responses per question (and a --temperature > 0)")
 
     if args.out is not None and Path(args.out).exists():
         parser.error(f"--out {args.out} exists; predictions are never overwritten: choose another name")
@@ -218,6 +262,8 @@ def main(argv=None):
     examples = load_jsonl(args.data, args.video_dir)
     if args.limit:
         examples = examples[:args.limit]
+    if args.video_ablation:
+        examples = swap_videos(examples)
     model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     params = sampling_params(model, processor, args.max_new_tokens, args.n, args.temperature, args.seed)
@@ -235,6 +281,10 @@ def main(argv=None):
     print(f"predictions: {out}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    if args.curate:
+        kept = curate(examples, records, args.curate)
+        print(f"curated: kept {kept} of {len(examples)} questions (0 < pass rate < 1) in {args.curate}",
+              file=sys.stderr)
     return table
 
 

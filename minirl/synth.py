@@ -17,7 +17,7 @@ shuffled blocks of A-D, so both are balanced, not merely random. Every question 
 chain of thought citing the evidence with timestamps, written from the event metadata.
 
     python -m minirl.synth --out DIR [--train N --test N --frames F --size S --fps R --per-video Q
-                                      --seed S --no-timestamps --easy --captions K]
+                                      --seed S --no-timestamps --easy --captions K --dense]
     python -m minirl.synth report --data DIR/test.jsonl
 
 The default (3000 train / 600 test questions, 4 per video, 256 frames of 56x56 at 8 fps, about
@@ -62,15 +62,22 @@ CAPTION_PROMPT = "Describe the video."
 # ----------------------------------------------------------------------------- events
 
 
-def make_events(rng: random.Random, num_frames: int) -> list[dict]:
-    """A video's script: 5-8 events, one per equal time slot, in time order."""
-    n = rng.randint(*EVENTS_PER_VIDEO)
+def make_events(rng: random.Random, num_frames: int, dense: bool = False) -> list[dict]:
+    """A video's script: 5-8 events, one per equal time slot, in time order.
+
+    dense: 1-3 events that each fill half to all of their slot (the mover crosses slowly), a
+    video where every event covers many video tokens: the easy end of the perception curriculum.
+    """
+    n = rng.randint(1, 3) if dense else rng.randint(*EVENTS_PER_VIDEO)
     identities = rng.sample(list(itertools.product(COLOURS, SHAPES)), n)
     mover = rng.randrange(n)
     slot = num_frames // n
     events = []
     for i, (colour, shape) in enumerate(identities):
-        frames = MOVER_FRAMES if i == mover else rng.randint(*STATIC_FRAMES)
+        if dense:
+            frames = rng.randint(slot // 2, slot)
+        else:
+            frames = MOVER_FRAMES if i == mover else rng.randint(*STATIC_FRAMES)
         start = i * slot + rng.randint(0, slot - frames)
         pos = rng.choice(QUADRANTS)
         to = rng.choice([q for q in QUADRANTS if q != pos]) if i == mover else None
@@ -374,13 +381,13 @@ def caption_row(events: list[dict], visible_at: int, num_frames: int) -> dict:
 
 
 def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_video: int, seed: int,
-               timestamps: bool = True, easy: bool = False, captions: int = 0):
+               timestamps: bool = True, easy: bool = False, captions: int = 0, dense: bool = False):
     """(videos, rows): the event scripts and the jsonl rows of one split, no files written.
 
     Question q has category CATEGORIES[q % 4]; each category deals its answer letters from
     shuffled blocks of A-D. Train and test use different random streams and video folders.
     captions > 0: one caption row per video instead (see `caption`), of what that many
-    uniformly sampled frames show.
+    uniformly sampled frames show, of `dense` videos (see `make_events`) or the benchmark's.
     """
     if num_frames < MIN_VIDEO_FRAMES:
         raise ValueError(f"--frames must be at least {MIN_VIDEO_FRAMES}, got {num_frames}")
@@ -389,7 +396,7 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
     videos, rows = [], []
     for q in range(num_questions):
         if captions:
-            videos.append(make_events(rng, num_frames))
+            videos.append(make_events(rng, num_frames, dense))
             row = caption_row(videos[-1], captions, num_frames)
             row.update(videos=[f"videos/{split}/{q:05d}.mp4"], id=f"{split}-{q:05d}", events=videos[-1],
                        num_frames=num_frames, fps=fps)
@@ -413,7 +420,7 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
 
 def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
              per_video: int = 4, seed: int = 0, timestamps: bool = True, easy: bool = False,
-             captions: int = 0) -> dict:
+             captions: int = 0, dense: bool = False) -> dict:
     """Write the benchmark to `out`; returns {split: number of rows}."""
     if size % 28 or size < 28:
         # Qwen's processor resizes every frame to multiples of 28 (patch 14 x merge 2); frames that
@@ -422,7 +429,7 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("test", test)):
-        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy, captions)
+        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy, captions, dense)
         for v, events in enumerate(videos):
             write_mp4(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps)
         with open(out / f"{split}.jsonl", "w") as f:
@@ -586,11 +593,15 @@ def main(argv=None):
                         help="one template per category with fixed option lists (a tiny-model demo)")
     parser.add_argument("--captions", type=int, default=0, metavar="K",
                         help="one dense-caption row per video (what K uniform frames show) instead of questions")
+    parser.add_argument("--dense", action="store_true",
+                        help="with --captions: 1-3 long events per video (the easy end of the curriculum)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.dense and not args.captions:
+        parser.error("--dense applies to --captions data only")
     start = time.perf_counter()
     counts = generate(args.out, args.train, args.test, args.frames, args.size, args.fps, args.per_video,
-                      args.seed, not args.no_timestamps, args.easy, args.captions)
+                      args.seed, not args.no_timestamps, args.easy, args.captions, args.dense)
     print(f"wrote {counts['train']} train / {counts['test']} test questions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s")
 

@@ -99,11 +99,13 @@ def make_processor(texts, vocab_size: int = 2048, max_pixels: int = 84 * 84) -> 
     )
 
 
-def make_config(tokenizer, size: str | dict = "tiny", tie_word_embeddings: bool = False) -> Qwen2_5_VLConfig:
+def make_config(tokenizer, size: str | dict = "tiny", tie_word_embeddings: bool = False,
+                rope_theta: float = 10000.0) -> Qwen2_5_VLConfig:
     """`size` names an entry of SIZES or is a dict with the same keys (tests use odd shapes)."""
     s = SIZES[size] if isinstance(size, str) else size
     head_dim = s["hidden"] // s["heads"]
-    return qwen_config(tokenizer, **s, head_dim=head_dim, tie_word_embeddings=tie_word_embeddings)
+    return qwen_config(tokenizer, **s, head_dim=head_dim, tie_word_embeddings=tie_word_embeddings,
+                       rope_theta=rope_theta)
 
 
 def mrope_sections(head_dim: int) -> list[int]:
@@ -116,9 +118,15 @@ def mrope_sections(head_dim: int) -> list[int]:
 
 def qwen_config(
     tokenizer, hidden, layers, heads, kv_heads, ffn, v_hidden, v_depth, v_heads, head_dim,
-    tie_word_embeddings=False, tokens_per_second=2,
+    tie_word_embeddings=False, tokens_per_second=2, rope_theta=10000.0,
 ) -> Qwen2_5_VLConfig:
-    """A real transformers Qwen2_5_VLConfig; token ids come from `tokenizer`."""
+    """A real transformers Qwen2_5_VLConfig; token ids come from `tokenizer`.
+
+    rope_theta: Qwen2.5-VL's M-RoPE gives time the highest rotary frequencies, then height, and
+    width the lowest; with head_dim 32 and theta 1e4 one step in width turns a query by ~0.003 rad,
+    so a tiny model cannot tell left from right. A small theta (the perception base uses one)
+    gives every axis a usable frequency while staying a valid Qwen2.5-VL config.
+    """
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
         text_config=dict(
@@ -130,7 +138,7 @@ def qwen_config(
             num_key_value_heads=kv_heads,
             max_position_embeddings=32768,
             rms_norm_eps=1e-6,
-            rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=mrope_sections(head_dim)),
+            rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_sections(head_dim)),
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -158,12 +166,12 @@ def qwen_config(
 
 def build_tiny_model(
     out_dir, texts, size: str | dict = "tiny", seed: int = 0, vocab_size: int = 2048,
-    tie_word_embeddings: bool = False, max_pixels: int = 84 * 84,
+    tie_word_embeddings: bool = False, max_pixels: int = 84 * 84, rope_theta: float = 10000.0,
 ) -> Path:
     """Write a complete, randomly initialised Qwen2.5-VL checkpoint directory to `out_dir`."""
     out_dir = Path(out_dir)
     processor = make_processor(texts, vocab_size, max_pixels)
-    config = make_config(processor.tokenizer, size, tie_word_embeddings)
+    config = make_config(processor.tokenizer, size, tie_word_embeddings, rope_theta)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = config.text_config.pad_token_id
@@ -196,9 +204,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--max-pixels", type=int, default=84 * 84, help="per-frame pixel budget")
+    parser.add_argument("--rope-theta", type=float, default=10000.0, help="M-RoPE base (see qwen_config)")
     args = parser.parse_args()
     out = build_tiny_model(
-        args.out, default_corpus(args.corpus), args.size, args.seed, args.vocab_size, max_pixels=args.max_pixels
+        args.out, default_corpus(args.corpus), args.size, args.seed, args.vocab_size, max_pixels=args.max_pixels,
+        rope_theta=args.rope_theta,
     )
     print(f"wrote {args.size} Qwen2.5-VL checkpoint to {out}")
 
