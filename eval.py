@@ -8,7 +8,9 @@ Each question's video is decoded and encoded once, its prompt built exactly as i
 (`minirl.data`), and `--n` responses decoded by the rollout sampler (rollout.py) in batches of
 `--batch-size` questions; `minirl.reward` scores them. The table gives, per category and
 overall, the number of questions, the accuracy and the format accuracy (a response in
-`<think>...</think><answer>...</answer>` form).
+`<think>...</think><answer>...</answer>` form). Below it, under `lmms_eval`, the metrics lmms-eval's
+`longvideo_reason` task reports (`lmms_metrics`: lenient and strict accuracy, wellformed, format,
+one per problem type, in percent), so a number here can be set beside a published one.
 
 Policies:
 - Accuracy and format accuracy are means over all n responses of a question, then over the
@@ -35,6 +37,7 @@ every rank gets the whole table back.
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,9 +47,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import AutoProcessor
 
-from minirl.data import Example, PromptTooLong, load_jsonl, rl_example
+from minirl.data import PROBLEM_TYPES, Example, PromptTooLong, load_jsonl, rl_example
 from minirl.model import QwenVL, load_model, prepare_inputs
-from minirl.reward import accuracy_reward, extract_answer, format_reward
+from minirl.reward import OPTION_PREFIX, accuracy_reward, choice_letter, extract_answer, format_reward
 from minirl.trainer import frame_sampling, sync_weights
 from minirl.video import FrameSampling, VideoError
 from rollout import SamplingParams, sample
@@ -132,7 +135,75 @@ def make_table(records: list[dict]) -> dict:
     by_category: dict[str, list[dict]] = {}
     for r in records:
         by_category.setdefault(r["category"] or NO_CATEGORY, []).append(r)
-    return dict(categories={c: row(by_category[c]) for c in sorted(by_category)}, overall=row(records))
+    return dict(categories={c: row(by_category[c]) for c in sorted(by_category)}, overall=row(records),
+                lmms_eval=lmms_metrics(records))
+
+
+# lmms-eval's `longvideo_reason` task (lmms_eval/tasks/longvideo_reason/utils.py), which ports the
+# official LongVideo-Reason-eval scorer: these regexes are the official ones.
+OFFICIAL_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+OFFICIAL_PHRASE = re.compile(r"<answer>Therefore the final answer is: (.*?)</answer>", re.DOTALL)
+OFFICIAL_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+BOXED = re.compile(r"\\boxed\{\s*([A-Za-z])\s*\}")
+THINK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.DOTALL)
+LMMS_TYPES = {name: key for key, name in PROBLEM_TYPES.items()}  # "Goal & Purpose" -> "goal"
+
+
+def official_answer(response: str) -> str:
+    """The official extraction: the <answer> span (after "Therefore the final answer is:" when the
+    response says it), else the whole stripped response."""
+    found = (OFFICIAL_PHRASE if "Therefore the final answer is:" in response else OFFICIAL_ANSWER).search(response)
+    return found.group(1).strip() if found else response.strip()
+
+
+def lenient_letter(response: str, options: list[str]) -> str:
+    """lmms-eval's lenient reading: the official span if it is one offered letter, else \\boxed{X},
+    else one option named in the span, then in the response without its <think> block ("" if none).
+    lmms-eval names the option with its shared `extract_mcq_answer`; we use our reward's answer
+    grammar (`choice_letter`), which never reads a list of letters or a negated letter as a choice."""
+    choices = "".join(o.strip()[0] for o in options if OPTION_PREFIX.match(o) and o.strip()[0].isupper())
+    official = official_answer(response)
+    letters = re.sub(r"[^A-Za-z]", "", official).upper()
+    if len(letters) == 1 and letters in choices:
+        return letters
+    for scope in (official, THINK.sub(" ", response)):
+        boxed = BOXED.findall(scope)
+        if boxed and boxed[-1].upper() in choices:
+            return boxed[-1].upper()
+        if choices and (letter := choice_letter(scope, options, choices)):
+            return letter
+    return ""
+
+
+def lmms_metrics(records: list[dict]) -> dict:
+    """The metrics lmms-eval's `longvideo_reason` task reports, in percent, under its names:
+    overall (lenient) accuracy, strict accuracy (the official byte-exact comparison of the answer
+    spans, the paper's number), wellformed accuracy (questions offering exactly four options),
+    format accuracy (the official, unanchored-at-the-end regex) and one accuracy per problem_type.
+    A question scores the mean over its responses; one with an error scores 0 everywhere."""
+    scored = []
+    for r in records:
+        options = r["options"] or []
+        texts = r["responses"] if r["error"] is None else []
+        gold = re.sub(r"[^A-Za-z]", "", r["answer"]).upper()
+        scored.append(dict(
+            type=LMMS_TYPES.get(r["category"], r["category"]),
+            wellformed=len(options) == 4,
+            score=_mean(float(lenient_letter(t, options) == gold) for t in texts),
+            strict=_mean(float(official_answer(t) == r["answer"].strip()) for t in texts),
+            format=_mean(float(bool(OFFICIAL_FORMAT.match(t))) for t in texts),
+        ))
+
+    def pct(key, rows):
+        return 100 * _mean(s[key] for s in rows)
+
+    out = {"longvideo_reason_overall_accuracy": pct("score", scored),
+           "longvideo_reason_strict_accuracy": pct("strict", scored),
+           "longvideo_reason_wellformed_accuracy": pct("score", [s for s in scored if s["wellformed"]]),
+           "longvideo_reason_format_accuracy": pct("format", scored)}
+    for t in PROBLEM_TYPES:
+        out[f"longvideo_reason_{t}_accuracy"] = pct("score", [s for s in scored if s["type"] == t])
+    return out
 
 
 def format_table(table: dict) -> str:
@@ -142,7 +213,12 @@ def format_table(table: dict) -> str:
 
     header = f"{'category':<20} {'questions':>9} {'errors':>6} {'accuracy':>9} {'format':>7}"
     rows = [line(name, r) for name, r in table["categories"].items()]
-    return "\n".join([header, *rows, "-" * len(header), line("Overall", table["overall"])])
+    lines = [header, *rows, "-" * len(header), line("Overall", table["overall"])]
+    if "lmms_eval" in table:
+        lines.append("lmms-eval longvideo_reason: " + ", ".join(
+            f"{key.removeprefix('longvideo_reason_').removesuffix('_accuracy')} {value:.1f}%"
+            for key, value in table["lmms_eval"].items()))
+    return "\n".join(lines)
 
 
 def print_table(table: dict):

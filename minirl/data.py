@@ -9,6 +9,22 @@ A line of a dataset is a JSON object in the LongVideo-Reason / Long-RL schema:
 synthetic benchmark's event metadata) are kept in `Example.row`. Video paths are resolved against
 a `video_dir`. A malformed line is an error naming the file, the line and the fix.
 
+The official Hugging Face LongVideo-Reason rows load unchanged:
+
+    {"problem_id": 0, "problem": "What ...?\nA. ...\nB. ...\nC. ...\nD. ...", "data_type": "video",
+     "problem_type": "goal", "reasoning": "...", "videos": "longvila_videos/I_Q3ajyOrcI.mp4",
+     "answer": "<answer>B</answer>"}
+
+- `videos` may be one path string (as there) or a one-element list (as Long-RL's training files);
+- an answer wrapped in `<answer>...</answer>` is unwrapped ("B"); the row keeps the raw value;
+- options embedded in `problem` as lines "A. ..." (no `options` field) are split off it:
+  `Example.problem` is the stem, `Example.options` the option lines, so `build_prompt` prints
+  the same text the row holds; a problem with no option lines (two official rows) stays whole;
+- `problem_type` temporal / goal / spatial / plot becomes the category "Temporal" / "Goal &
+  Purpose" / "Spatial" / "Plot & Narrative" (another value is kept as it is); `problem_id` is
+  the id when there is no `id`.
+Videos may be mp4, webm or mkv: decord decodes all three (tests write each with PyAV).
+
 SFT, RL and evaluation all build their prompt with `build_prompt`, the Qwen chat format with a
 single `<|video_pad|>`; `encode_prompt` expands that placeholder into one token per merged video
 patch, t*h*w / merge_size**2 of them, read off `video_grid_thw` (the same count the transformers
@@ -23,11 +39,13 @@ reported in the example's `num_frames` / `frames_reduced`); if even 2 frames do 
 import dataclasses
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from minirl.reward import embedded_options
 from minirl.video import (
     FrameSampling,
     num_sampled_frames,
@@ -49,6 +67,8 @@ INSTRUCTION_OPEN = (
     "then give the final answer inside <answer> </answer> tags."
 )
 VIDEO_PAD = "<|video_pad|>"
+PROBLEM_TYPES = {"temporal": "Temporal", "goal": "Goal & Purpose", "spatial": "Spatial", "plot": "Plot & Narrative"}
+ANSWER_TAG = re.compile(r"^\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
 IGNORE_INDEX = -100  # labels / targets of tokens that are not trained on (prompt, padding): no log-prob
 
 
@@ -77,7 +97,7 @@ class Example:
     row: dict = dataclasses.field(default_factory=dict)  # the raw JSON object, extra keys included
 
 
-REQUIRED = ("every line needs 'problem' (str), 'answer' (str) and 'videos' (a one-element list) "
+REQUIRED = ("every line needs 'problem' (str), 'answer' (str) and 'videos' (a path or a one-element list) "
             "or 'video' (str)")
 
 
@@ -96,10 +116,10 @@ def _parse(row, path, line: int, video_dir: Path) -> Example:
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         fail(f"'answer' must be a string (or a number), got {type(answer).__name__}")
     if "videos" in row:
-        videos = row["videos"]
+        videos = [row["videos"]] if isinstance(row["videos"], str) else row["videos"]
         if not isinstance(videos, list) or len(videos) != 1 or not isinstance(videos[0], str):
-            fail(f"'videos' must be a list of exactly one path string, got {videos!r}",
-                 "give one video per line as \"videos\": [\"path.mp4\"]")
+            fail(f"'videos' must be a path string or a list of exactly one, got {row['videos']!r}",
+                 "give one video per line as \"videos\": \"path.mp4\" or [\"path.mp4\"]")
         video = videos[0]
     elif "video" in row:
         video = row["video"]
@@ -112,20 +132,29 @@ def _parse(row, path, line: int, video_dir: Path) -> Example:
                                 or not all(isinstance(o, str) for o in options)):
         fail(f"'options' must be a list of at least two strings, got {options!r}",
              "write options as [\"A. ...\", \"B. ...\"] or leave the field out")
-    for key in ("reasoning", "category"):
+    for key in ("reasoning", "category", "problem_type"):
         if row.get(key) is not None and not isinstance(row[key], str):
             fail(f"'{key}' must be a string, got {type(row[key]).__name__}",
                  f"make '{key}' a string or drop it")
-    if "id" in row and not isinstance(row["id"], (str, int)):
-        fail(f"'id' must be a string, got {type(row['id']).__name__}", "make 'id' a string or drop it")
+    for key in ("id", "problem_id"):
+        if key in row and (isinstance(row[key], bool) or not isinstance(row[key], (str, int))):
+            fail(f"'{key}' must be a string, got {type(row[key]).__name__}", f"make '{key}' a string or drop it")
+    problem, answer = row["problem"], str(answer)
+    if (wrapped := ANSWER_TAG.match(answer)) is not None:  # the official "<answer>B</answer>"
+        answer = wrapped.group(1).strip()
+    if options is None and (found := embedded_options(problem)):
+        problem, options = problem[:found[0][0]].rstrip(), [text for _, text in found]
+    category = row.get("category")
+    if category is None and row.get("problem_type") is not None:
+        category = PROBLEM_TYPES.get(row["problem_type"], row["problem_type"])
     return Example(
-        id=str(row.get("id", f"{Path(path).stem}-{line}")),
-        problem=row["problem"],
-        answer=str(answer),
+        id=str(row.get("id", row.get("problem_id", f"{Path(path).stem}-{line}"))),
+        problem=problem,
+        answer=answer,
         video=video_dir / video,
         options=options,
         reasoning=row.get("reasoning"),
-        category=row.get("category"),
+        category=category,
         row=row,
     )
 

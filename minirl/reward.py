@@ -24,7 +24,8 @@ what follows an unclosed `<answer>`, else the whole response), by the kind of gr
     wrong, so the answer is B" is B;
   * a list of letters is nothing: "A, B, C, or D", "A or B", "b and c", "A/B";
   * names of two options are nothing: "A. no, the answer is B", "B. red circle" (C's text).
-  The one option named must be among the row's options (A-D when it has none, or up to the
+  The one option named must be among the row's options (its `options`, else the "A. ..." lines
+  of its `problem`, as in the official LongVideo-Reason rows; A-D when it has none, or up to the
   truth's letter).
 - A number: the answer must hold exactly one number ("1,000" is one), not negated, whose value
   equals the truth's exactly: "7.0" is 7, "6.95" and "7.07" are not, "between 2 and 7" and
@@ -65,9 +66,29 @@ NEGATED_AFTER = re.compile(  # "A is wrong", "A can be ruled out", "A isn't", "A
     r"(?:\s+be)?\s+(?:the\s+)?(?:not|never|wrong|incorrect|false|impossible|unlikely|ruled out|eliminated|excluded)"
     r"\b|(?:is|was|are|does|did|do|can|could|would|should)n['’ ]t\b|cannot\b|(?:wrong|incorrect|false)\b)",
     re.IGNORECASE)
+OPTION_LINE = re.compile(r"^[ \t]*[A-Z]\.\s", re.MULTILINE | re.ASCII)  # "B. text" opening a line
 OPTION_PREFIX = re.compile(r"\s*\(?[A-Za-z][).:]\s*", re.ASCII)
 ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 PUNCTUATION_TO_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
+
+
+def embedded_options(problem: str) -> list[tuple[int, str]]:
+    """The options written into a question's text, as the official LongVideo-Reason rows carry them:
+    [(where the option starts, "A. text"), ...], each running to the next option line; [] if none."""
+    starts = [m.start() for m in OPTION_LINE.finditer(problem)]
+    ends = [*starts[1:], len(problem)] if starts else []
+    return [(a, problem[a:b].strip()) for a, b in zip(starts, ends, strict=True)]
+
+
+def row_options(example: dict | None) -> list[str] | None:
+    """A row's options: its `options` field, else the options embedded in its `problem` text."""
+    example = example or {}
+    options = example.get("options")
+    if isinstance(options, list) and all(isinstance(o, str) for o in options):
+        return options
+    problem = example.get("problem")
+    found = embedded_options(problem) if isinstance(problem, str) and options is None else []
+    return [text for _, text in found] or None
 
 
 def format_reward(response: str) -> float:
@@ -163,8 +184,7 @@ def accuracy_reward(response: str, answer: str, example: dict | None = None) -> 
     """1.0 when the response's answer is the ground truth `answer` (see the module docstring)."""
     said = extract_answer(response)
     truth = answer.strip()
-    options = (example or {}).get("options")
-    options = options if isinstance(options, list) and all(isinstance(o, str) for o in options) else None
+    options = row_options(example)
     if len(truth) == 1 and truth.isascii() and truth.isalpha():
         count = len(options) if options else max(4, ord(truth.upper()) - ord("A") + 1)
         letters = string.ascii_uppercase[:count]
