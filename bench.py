@@ -2,6 +2,7 @@
 
     python bench.py rollout [--json PATH]   our KV-cache sampler vs transformers' generate
     python bench.py sp      [--json PATH]   sequence-parallel prefill + backward: memory and time vs sp
+    python bench.py plan    [--table ...]   the memory plan per GPU (minirl/memplan.py; no model is built)
 
 Each subcommand builds its own tiny model (and synthetic videos) in a temporary directory, prints
 a table and, with --json, writes the same figures as JSON. A whole RL step, naive vs stage 1 vs
@@ -15,6 +16,7 @@ import json
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Qwen2Config
 
-from minirl import synth
+from minirl import memplan, synth
 from minirl.data import IGNORE_INDEX, load_jsonl, rl_example
 from minirl.model import QwenVL, load_model, prepare_inputs
 from minirl.tiny import build_tiny_model
@@ -391,6 +393,8 @@ COMMANDS = {"rollout": (rollout_args, bench_rollout), "sp": (sp_args, bench_sp)}
 
 
 def main():
+    if sys.argv[1:2] == ["plan"]:  # a formula, not a measurement: its own options (python -m minirl.memplan -h)
+        return memplan.main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, run) in COMMANDS.items():

@@ -1,0 +1,108 @@
+"""The memory plan's formulas on hand-computed cases, its parameter counts against real models."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from minirl import memplan as M
+from minirl.model import QwenVL
+
+# A shape small enough to count by hand: head_dim 2, one KV head of 2, patches of 2 values.
+TOY = M.Shape(hidden=4, ffn=6, layers=2, heads=2, kv_heads=1, vocab=10, tied=False, v_hidden=2, v_ffn=3,
+              v_depth=1, v_out=4, patch=1, temporal=2, merge=1, channels=1)
+SETUP = M.Setup(gpus=2, sp=2, frames=4, tokens_per_frame=1, text_tokens=2, n=2, response=3, prompts_per_gpu=1,
+                micro_batch=1, grad_ckpt=False, kl=True, compute_bytes=2)
+
+
+def test_toy_counts_by_hand():
+    # block: q 4*4+4, k and v 2*(4*2+2), o 4*4, SwiGLU 3*4*6, two norms 2*4
+    assert TOY.block_params() == 20 + 20 + 16 + 72 + 8 == 136
+    assert TOY.llm_params() == 2 * 136 + 2 * 40 + 4 == 356  # blocks, embed + untied head, final norm
+    # vision: patch embed 2*2; block: qkv 3*4+6, proj 4+2, gate/up 2*(6+3), down 6+2, norms 4; final
+    # merger: ln 2, 2x2 linear + 2, 2x4 linear + 4
+    assert TOY.vision_params() == 4 + 54 + 2 + 6 + 12 == 78
+    assert TOY.kv_bytes_per_token(2) == 2 * 2 * 1 * 2 * 2 == 16  # k and v, 2 layers, 1 head of 2, bf16
+    # per token and layer: 2 norms of (4h fp32 + 2h bf16 + ... ) = 2 * 32, q k v (4+2+2)*2, attention
+    # output 4*2 (+ o_proj input 4*2 under SP), SwiGLU 4 * 6 * 2
+    assert TOY.layer_activation_bytes(2, sp=1) == 64 + 16 + 8 + 48 == 136
+    assert TOY.layer_activation_bytes(2, sp=2) == 144
+
+
+def test_toy_plan_by_hand():
+    p = M.plan(TOY, SETUP)
+    t = p["terms"]
+    assert (t["fsdp_params"], t["fsdp_grads"], t["fsdp_adam"]) == (712, 712, 1424)  # 356 * 4 / 2 GPUs
+    assert t["vision_replica"] == 78 * 4 and t["rollout_weights"] == t["reference_weights"] == 434 * 2
+    assert t["sync_gather"] == 434 * 4
+    # 4 video tokens = 4 patches (merge 1), 2 per GPU (stage 1 over sp=2)
+    assert t["video_pixels"] == 2 * 2 * 4 and t["vision_activations"] == 2 * (6 * 2 + 3 * 3) * 2
+    assert t["embedding_cache"] == 4 * 4 * 2
+    assert t["kv_cache"] == (6 + 2 * 3) * 16  # one prompt cache (4 video + 2 text) + 2 responses of 3
+    # update: (6 + 3) tokens over sp 2 -> 5 per GPU; no checkpointing: 2 layers * 144 + widest grad 2 * 6 * 2
+    assert t["update_activations"] == 5 * (2 * 144 + 24) == 1560
+    assert t["attention_scores"] == 0  # flash
+    assert t["logits"] == 2 * 10 * 14  # ceil(3 / 2) response rows, vocab 10, 2 + 12 bytes
+    assert t["fsdp_workspace"] == 136 * (2 * 2 + 4)
+    assert p["phases"] == dict(sync=1736, encode=16 + 84 + 32, rollout=32 + 192, update=32 + 1560 + 280 + 1088)
+    assert p["peak"] == 712 + 712 + 1424 + 312 + 868 + 868 + 2960 == 7856 and p["bottleneck"] == "update"
+
+
+def test_toy_variants_by_hand():
+    naive = M.plan(TOY, replace(SETUP, parallel_encode=False, ulysses=False))["terms"]
+    assert naive["video_pixels"] == 4 * 2 * 4  # the whole video on one GPU
+    assert naive["kv_cache"] == (2 * 6 + 2 * 3) * 16  # n prompt copies
+    assert naive["update_activations"] == 9 * (2 * 136 + 24)  # the whole sequence
+    shared = M.plan(TOY, replace(SETUP, shared_prefix=True, micro_batch=2))["terms"]
+    assert shared["update_activations"] == 6 * (2 * 144 + 24)  # [prompt | r1 | r2] = 12 tokens over 2
+    unshared = M.plan(TOY, replace(SETUP, micro_batch=2))["terms"]
+    assert unshared["update_activations"] == 2 * 5 * (2 * 144 + 24)  # 2 rows of 9 tokens over 2
+    ckpt = M.plan(TOY, replace(SETUP, grad_ckpt=True))["terms"]
+    assert ckpt["update_activations"] == 5 * (2 * 4 * 2 + 144 + 24)  # 2 block inputs + one block recomputed
+    math = M.plan(TOY, replace(SETUP, attention="math"))["terms"]
+    assert math["attention_scores"] == (2 + 1) * (1 * 9 * 9 * 4)  # 1 head per GPU, 9 x 9, 2 layers saved + live
+    fixed = M.plan(TOY, replace(SETUP, sharded_ref=True, streamed_sync=True))["terms"]
+    assert fixed["reference_weights"] == 434 and fixed["sync_gather"] == 136 * 4
+    assert M.plan(TOY, replace(SETUP, kl=False))["terms"]["reference_weights"] == 0
+
+
+def count(model):
+    vision = sum(p.numel() for p in model.visual.parameters())
+    return sum(p.numel() for p in model.parameters()) - vision, vision
+
+
+def test_parameter_counts_equal_real_models(tiny_dir):
+    shape = M.load_shape(str(tiny_dir))  # a folder with a config.json written by save_pretrained
+    with torch.device("meta"):
+        tiny = QwenVL(AutoConfig.from_pretrained(tiny_dir))
+    assert count(tiny) == (shape.llm_params(), shape.vision_params())
+    for name, shape in M.BUILTIN.items():  # the built-in values, through the real module tree
+        config = json.loads(json.dumps(dict(model_type="qwen2_5_vl", text_config=dict(
+            hidden_size=shape.hidden, intermediate_size=shape.ffn, num_hidden_layers=shape.layers,
+            num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab,
+            tie_word_embeddings=shape.tied), tie_word_embeddings=shape.tied, vision_config=dict(
+            depth=shape.v_depth, hidden_size=shape.v_hidden, intermediate_size=shape.v_ffn,
+            out_hidden_size=shape.v_out))))
+        assert M.from_config(config) == shape
+        with torch.device("meta"):
+            model = QwenVL(AutoConfig.for_model(**config))
+        assert count(model) == (shape.llm_params(), shape.vision_params()), name
+    assert round(M.BUILTIN["qwen2.5-vl-7b"].params() / 1e9, 2) == 8.29  # the published sizes
+    assert round(M.BUILTIN["qwen2.5-vl-3b"].params() / 1e9, 2) == 3.75
+
+
+def test_largest_fitting_and_cli(capsys):
+    shape, base = M.BUILTIN["qwen2.5-vl-7b"], M.Setup(sharded_ref=True, streamed_sync=True)
+    best = M.largest_fitting(shape, base)
+    assert M.plan(shape, replace(base, frames=best))["fits"]
+    assert not M.plan(shape, replace(base, frames=best + 2))["fits"]
+    assert best >= 3600  # the hour-long setting fits with sp = 8 once item 2 is in
+    with pytest.raises(ValueError, match="divide"):
+        M.Setup(gpus=8, sp=3)
+    M.main(["--frames", "1024", "--sp", "8"])
+    out = capsys.readouterr().out
+    assert "8.29B parameters" in out and "kv_cache" in out and "peak" in out
+    M.main(["--table", "--frames", "64", "3600"])
+    assert "max frames" in capsys.readouterr().out
