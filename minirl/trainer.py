@@ -93,9 +93,25 @@ def sync_weights(copy: QwenVL, model) -> None:
     """Copy the current (sharded) weights of `model` into the plain `copy` the sampler decodes with.
 
     Strict: a key missing on either side or a shape that differs is an error naming it, never a
-    weight silently left stale. The copy may be in a lower dtype (`load_state_dict` casts).
+    weight silently left stale. The copy may be in a lower dtype (`copy_` casts).
+    One tensor at a time: a sharded weight is all-gathered, cast into the copy and dropped before
+    the next, so the sync adds at most one full fp32 tensor (the embedding) to the copy, never the
+    whole fp32 model that `full_state` gathers on every rank (8.29B x 4 bytes = 31 GiB for 7B: the
+    memory plan's `sync_gather`). Every rank gathers the same tensors in the same order.
     """
-    copy.load_state_dict(full_state(model), strict=True)
+    source, target = model.state_dict(), copy.state_dict()
+    problems = []
+    if missing := [k for k in target if k not in source]:
+        problems.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing))
+    if unexpected := [k for k in source if k not in target]:
+        problems.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected))
+    problems += [f"size mismatch for {k}: the model has {tuple(v.shape)}, the copy {tuple(target[k].shape)}"
+                 for k, v in source.items() if k in target and v.shape != target[k].shape]
+    if problems:
+        raise RuntimeError(f"cannot sync weights into the {type(copy).__name__} copy:\n\t" + "\n\t".join(problems))
+    with torch.no_grad():
+        for key, value in source.items():
+            target[key].copy_(value.full_tensor() if isinstance(value, DTensor) else value)
 
 
 def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
