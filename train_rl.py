@@ -48,6 +48,7 @@ from minirl import config as C
 from minirl.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
 from minirl.data import IGNORE_INDEX, rl_example
 from minirl.loss import compute_advantages, grpo_loss
+from minirl.memplan import kv_waves
 from minirl.model import QwenVL, load_model
 from minirl.reward import accuracy_reward, format_reward, load_reward_fn, reward
 from minirl.trainer import (
@@ -82,6 +83,7 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 128
     prefill_chunk: int = 4096
+    kv_budget_gib: float = 0.0  # KV cache of one rollout batch; prompts beyond it wait for the next wave (0: no bound)
 
 
 @dataclasses.dataclass
@@ -170,10 +172,11 @@ class Trainer:
         if model.visual is not None:
             model.visual.requires_grad_(cfg.model.train_vision)
         self.rollout_model = QwenVL(model.hf_config).to(self.device, dtype).eval().requires_grad_(False)
-        self.ref_model = None
-        if cfg.algo.kl_coef > 0:
-            self.ref_model = load_model(cfg.model.path, dtype, self.device).eval().requires_grad_(False)
         self.model = shard_model(model, self.device, dtype)
+        self.ref_model = None
+        if cfg.algo.kl_coef > 0:  # sharded like the policy (after it: one full copy loaded at a time), no replica
+            ref = load_model(cfg.model.path, dtype, self.device).eval().requires_grad_(False)
+            self.ref_model = shard_model(ref, self.device, dtype)
         self.processor = AutoProcessor.from_pretrained(cfg.model.path)
         self.params = SamplingParams(n=cfg.rollout.n, max_new_tokens=cfg.rollout.max_new_tokens,
                                      temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
@@ -294,10 +297,19 @@ class Trainer:
 
     def rollout(self, items: list[dict], cache) -> list[Sample]:
         """Step 2: n samples of each of this rank's prompts, each prompt prefilled once from its
-        cached embeddings; prompt-major."""
-        prompts = [self.prompt_inputs(it, cache) for it in items]
-        return sample(self.rollout_model, prompts, self.params, self.cfg.rollout.prefill_chunk,
-                      seeds=self.rollout_seeds(items)).samples
+        cached embeddings; prompt-major. Prompts go in waves whose KV cache fits
+        `rollout.kv_budget_gib` (`memplan.kv_waves`); a sample depends only on its prompt and seed,
+        so waves change the memory, not the samples."""
+        cfg, seeds, samples = self.rollout_model.config, self.rollout_seeds(items), []
+        per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.rollout_model.dtype.itemsize
+        for wave in kv_waves([len(it["input_ids"]) for it in items], self.params.n, self.params.max_new_tokens,
+                             per_token, self.cfg.rollout.kv_budget_gib * 2**30):
+            prompts = [self.prompt_inputs(items[i], cache) for i in wave]
+            for s in sample(self.rollout_model, prompts, self.params, self.cfg.rollout.prefill_chunk,
+                            seeds=[seeds[i] for i in wave]).samples:
+                s.prompt_index = wave[s.prompt_index]  # its index among all of this rank's prompts
+                samples.append(s)
+        return samples
 
     def prompt_inputs(self, item: dict, cache) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds (1, L, C), positions (3, 1, L)) of a prompt, its video from `cache`."""
