@@ -15,11 +15,12 @@ base allocates (not of an ideal system), named after the code that allocates it:
   embedding / LM head) in the compute dtype and prefetches the next, and holds the unit's fp32
   gradient before its reduce-scatter: 2 units x compute bytes + 1 unit x 4 bytes.
 - **Rollout weights** (`Trainer.rollout_model`): a full, unsharded copy in the compute dtype.
-- **Reference weights** (`Trainer.ref_model`, when the KL coefficient is > 0): today a full copy
-  in the compute dtype per GPU; `sharded_ref` plans it sharded over the GPUs (issue 13, item 2).
-- **Weight sync** (`sync_weights`): today `get_model_state_dict(full_state_dict=True)` gathers the
-  whole fp32 model on every GPU before it is cast into the rollout copy; `streamed_sync` plans one
-  unit at a time.
+- **Reference weights** (`Trainer.ref_model`, when the KL coefficient is > 0): the decoder
+  sharded with FSDP2 over all GPUs in the compute dtype, the vision tower replicated (FSDP ignores
+  it); `sharded_ref=False` plans the full replica per GPU the code had before issue 13.
+- **Weight sync** (`sync_weights`): one tensor gathered at a time, at most the embedding in fp32;
+  `streamed_sync=False` plans the whole fp32 model gathered on every GPU, as
+  `get_model_state_dict(full_state_dict=True)` did before issue 13.
 - **Video inputs and vision activations** (`sp.encode_videos`): the patches this GPU encodes
   (fp32 `pixel_values_videos`, 3 * 2 * 14 * 14 values each), one vision block's activations at a
   time (no grad: the tower is frozen by default), and the gathered video embeddings (the
@@ -160,8 +161,8 @@ class Setup:
     train_vision: bool = False
     compute_bytes: int = 2  # bf16
     attention: str = "flash"  # "flash": no S x S; "math": SDPA/eager saves the softmax
-    sharded_ref: bool = False  # item 2: the reference model sharded over the GPUs
-    streamed_sync: bool = False  # item 2: weight sync one unit at a time
+    sharded_ref: bool = True  # the reference decoder sharded over the GPUs (False: a full replica, before issue 13)
+    streamed_sync: bool = True  # weight sync one tensor at a time (False: the whole fp32 model, before issue 13)
     gpu_gib: float = 80
     reserve_gib: float = 3  # CUDA context, NCCL buffers, fragmentation: not planned, subtracted
 
@@ -185,10 +186,11 @@ def plan(shape: Shape, s: Setup) -> dict:
     t["fsdp_adam"] = 2 * shape.llm_params() * 4 // world
     t["vision_replica"] = shape.vision_params() * 4 * (4 if s.train_vision else 1)
     t["rollout_weights"] = shape.params() * cb
-    t["reference_weights"] = (shape.params() * cb // (world if s.sharded_ref else 1)) if s.kl else 0
+    ref = shape.llm_params() * cb // world + shape.vision_params() * cb if s.sharded_ref else shape.params() * cb
+    t["reference_weights"] = ref if s.kl else 0
     # sync
     unit = max(shape.block_params(), shape.embed_params())
-    t["sync_gather"] = unit * 4 if s.streamed_sync else shape.params() * 4
+    t["sync_gather"] = shape.embed_params() * 4 if s.streamed_sync else shape.params() * 4
     # encode
     patches = video * shape.merge**2  # patches of the whole video
     mine = patches // enc_split
@@ -230,6 +232,25 @@ def plan(shape: Shape, s: Setup) -> dict:
                 fits=peak <= (s.gpu_gib - s.reserve_gib) * GIB, bottleneck=max(phases, key=phases.get))
 
 
+def kv_waves(prompt_tokens: list[int], n: int, response: int, bytes_per_token: int, budget: float) -> list[list[int]]:
+    """The rollout's prompts in consecutive waves whose KV cache fits `budget` bytes (0: one wave).
+
+    A prompt's cache is the plan's `kv_cache` term: its prompt tokens plus n response caches of
+    `response` tokens, `bytes_per_token` each (`Shape.kv_bytes_per_token`). A prompt that alone
+    exceeds the budget goes in a wave of its own: the budget bounds a batch, never drops a prompt.
+    """
+    waves, used = [], 0
+    for i, tokens in enumerate(prompt_tokens):
+        need = (tokens + n * response) * bytes_per_token
+        if waves and (budget <= 0 or used + need <= budget):
+            waves[-1].append(i)
+            used += need
+        else:
+            waves.append([i])
+            used = need
+    return waves
+
+
 VARIANTS = {  # the paper's Figure 2 variants as this code runs them, then k = n samples per forward
     "naive": dict(parallel_encode=False, ulysses=False, shared_prefix=False, micro_batch=1),
     "stage 1": dict(parallel_encode=True, ulysses=False, shared_prefix=False, micro_batch=1),
@@ -255,10 +276,11 @@ def largest_fitting(shape: Shape, setup: Setup, limit: int = 100_000) -> int:
 
 
 def table(shape: Shape, base: Setup, frames=FRAMES) -> str:
-    """Peak GiB per GPU for each variant at each frame count ('OOM' past the card), the largest
-    frame count that fits, today's code and with item 2's fixes (sharded reference, streamed sync)."""
+    """Peak GiB per GPU for each variant at each frame count ('*' past the card) and the largest
+    frame count that fits: before issue 13's memory fixes (a reference replica per GPU, the whole
+    fp32 model gathered by the weight sync) and today."""
     lines = []
-    for label, fixes in (("today", {}), ("with item 2", dict(sharded_ref=True, streamed_sync=True))):
+    for label, fixes in (("before issue 13", dict(sharded_ref=False, streamed_sync=False)), ("today", {})):
         head = f"{label:<17}" + "".join(f"{f:>8}" for f in frames) + f"{'max frames':>12}"
         lines += [head, "-" * len(head)]
         for name, variant in VARIANTS.items():

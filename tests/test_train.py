@@ -360,3 +360,11 @@ def test_trainable_vision_tower_matches_one_process(setup, tmp_path):
     vision = [k for k in before if k.startswith("visual.")]
     assert max(float((one["state"][k] - before[k]).abs().max()) for k in vision) > 1e-5  # it trained
     assert max_diff(sp2["state"], one["state"]) <= 1e-5
+
+
+def test_rollout_waves_change_nothing_but_memory(setup, tmp_path):
+    """--rollout.kv_budget_gib small enough for one prompt per wave: the same step as one wave."""
+    args = {"optim.lr": 1e-4, "optim.batch_size": 2}
+    one = run_rl(1, rl_args(setup, tmp_path / "w1", **args), tmp_path)
+    waves = run_rl(1, rl_args(setup, tmp_path / "w2", **args, **{"rollout.kv_budget_gib": 1e-9}), tmp_path)
+    assert max_diff(waves["state"], one["state"]) <= 1e-6
