@@ -271,13 +271,14 @@ class _GatherShares(torch.autograd.Function):
 
 
 def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
-                    group) -> torch.Tensor:
+                    group, share_only: bool = False) -> torch.Tensor:
     """MR-SP stage 1: every rank gets all merged video embeddings (N_tokens, C), in order,
     each rank having run the vision tower on its share of the temporal groups only.
 
     Equal to `model.encode_video(pixel_values_videos, video_grid_thw)`. Differentiable: when
     the vision tower is trained, each rank's vision gradients come from its own frames and the
-    sum over the SP group is the one-process gradient.
+    sum over the SP group is the one-process gradient. With `share_only`, pixel_values_videos
+    holds this rank's rows only (`fetch_video_rows`), not every rank's.
     """
     if model.visual is None:
         raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
@@ -287,7 +288,8 @@ def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: to
     sizes = [(end - start) // merge for start, end, _ in shares]
     start, end, grid_thw = shares[rank]
     if end > start:
-        local = model.encode_video(pixel_values_videos[start:end], grid_thw)  # (sizes[rank], C)
+        rows = pixel_values_videos if share_only else pixel_values_videos[start:end]  # (end - start, D)
+        local = model.encode_video(rows, grid_thw)  # (sizes[rank], C)
     else:
         # An empty share must still join the backward all-to-all, so it takes part in autograd
         # whenever the other ranks' shares do.
@@ -297,16 +299,66 @@ def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: to
     return _GatherShares.apply(local, sizes, group)
 
 
-def encode_videos(model, items: list[dict], group, parallel: bool = True) -> list[torch.Tensor]:
+def fetch_video_rows(items: list[dict], holders: list[int], wants: list[tuple[int, int]], group,
+                     dim: int, device) -> torch.Tensor:
+    """Rows [start, end) = wants[rank] of the items' pixel_values_videos concatenated in order,
+    fetched from the SP ranks that hold them: (end - start, D = dim).
+
+    Item i's pixel rows exist on rank holders[i] only (the rank that decoded its video). One
+    uneven all-to-all moves, from each holder to each rank, exactly the rows that rank wants and
+    nothing else: with parallel encoding a rank receives its own share of the frames, not the
+    whole group's videos. Pieces arrive ordered by sender and are put back in item order.
+    """
+    P, me = dist.get_world_size(group), dist.get_rank(group)
+    counts = [int(it["video_grid_thw"].prod(1).sum()) for it in items]  # patch rows per item
+    starts = [sum(counts[:i]) for i in range(len(items))]
+
+    def pieces(sender: int, receiver: int) -> list[tuple[int, int, int]]:
+        """(item, first row, end row) in the item's own rows: what `sender` sends `receiver`."""
+        lo, hi = wants[receiver]
+        return [(i, max(lo, s) - s, min(hi, s + n) - s) for i, (s, n) in enumerate(zip(starts, counts, strict=True))
+                if holders[i] == sender and max(lo, s) < min(hi, s + n)]
+
+    outgoing = [pieces(me, r) for r in range(P)]  # per receiver
+    incoming = [pieces(r, me) for r in range(P)]  # per sender
+    send = [items[i]["pixel_values_videos"][a:b] for out in outgoing for i, a, b in out]
+    send = torch.cat(send).to(device) if send else torch.zeros(0, dim, device=device)  # (rows out, D)
+    sizes_in = [b - a for inc in incoming for _, a, b in inc]  # per piece, arrival order
+    recv = send.new_empty(sum(sizes_in), dim)  # (rows in, D)
+    dist.all_to_all_single(recv, send, output_split_sizes=[sum(b - a for _, a, b in inc) for inc in incoming],
+                           input_split_sizes=[sum(b - a for _, a, b in out) for out in outgoing], group=group)
+    arrived = [i for inc in incoming for i, _, _ in inc]  # the item of each piece, arrival order
+    chunks = recv.split(sizes_in)
+    return torch.cat([chunks[j] for j in sorted(range(len(chunks)), key=arrived.__getitem__)] or [recv])
+
+
+def encode_videos(model, items: list[dict], group, parallel: bool = True,
+                  holders: list[int] | None = None) -> list[torch.Tensor]:
     """MR-SP stage 1 for a list of examples: one (N_i, C) video embedding per item, in order.
 
     All videos are encoded in one call, their temporal groups split across the SP `group`
-    (parallel=True) or all on this rank (parallel=False, the ablation). Autograd records the
-    encoding only when grad mode is on and the vision tower is trained.
+    (parallel=True) or all on this rank (parallel=False, the ablation). `holders`: the SP rank
+    that holds each item's pixel_values_videos (the others may lack them); each rank then
+    receives only the rows it encodes (`fetch_video_rows`): its share, or every row for the
+    ablation. None: every rank holds every item's pixels. Autograd records the encoding only
+    when grad mode is on and the vision tower is trained.
     """
-    pixels = torch.cat([it["pixel_values_videos"] for it in items]).to(model.device)  # (sum rows, D)
+    if model.visual is None:
+        raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
     grid = torch.cat([it["video_grid_thw"] for it in items])  # (videos, 3)
-    embeds = parallel_encode(model, pixels, grid, group) if parallel else model.encode_video(pixels, grid)
+    P, v = dist.get_world_size(group), model.visual.config
+    dim = v.in_channels * v.temporal_patch_size * v.patch_size**2  # pixels per patch row
+    if holders is None or P == 1:
+        pixels = torch.cat([it["pixel_values_videos"] for it in items]).to(model.device)  # (sum rows, D)
+        embeds = parallel_encode(model, pixels, grid, group) if parallel else model.encode_video(pixels, grid)
+    elif parallel:
+        wants = [(start, end) for start, end, _ in split_temporal_groups(grid, P)]
+        pixels = fetch_video_rows(items, holders, wants, group, dim, model.device)  # (this rank's rows, D)
+        embeds = parallel_encode(model, pixels, grid, group, share_only=True)
+    else:
+        rows = int(grid.prod(1).sum())
+        pixels = fetch_video_rows(items, holders, [(0, rows)] * P, group, dim, model.device)  # (sum rows, D)
+        embeds = model.encode_video(pixels, grid)
     return split_video_embeds(embeds, grid, model.config.spatial_merge_size)
 
 

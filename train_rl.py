@@ -8,9 +8,10 @@ group then train on the union of their groups' sequences, each sequence split al
 across the group (Ulysses), and FSDP2 shards the weights over all ranks.
 
 A step (`Trainer.step`), one call each:
-1. `encode`     decode this step's videos once; MR-SP stage 1 encodes them across the SP group
-                into the step's embedding cache, {prompt key: video embeddings}, a value handed
-                to every stage below.
+1. `encode`     decode this rank's videos once (`load_prompts`), share the prompts (not the
+                pixels) over the SP group (`share_prompts`); MR-SP stage 1 sends each rank only
+                the frames it encodes and gathers the embeddings into the step's cache,
+                {prompt key: video embeddings}, a value handed to every stage below.
 2. `rollout`    the batched KV-cache sampler (rollout.py) on an unsharded copy of the current
                 weights (like the vLLM engine of Long-RL / veRL), n samples per prompt.
 3. `score`      reward.py per sample. `collect` runs 1-3; with DAPO dynamic sampling it drops
@@ -50,6 +51,7 @@ from minirl.data import IGNORE_INDEX, rl_example
 from minirl.loss import compute_advantages, grpo_loss
 from minirl.memplan import kv_waves
 from minirl.model import QwenVL, load_model
+from minirl.packing import micro_batches
 from minirl.reward import accuracy_reward, format_reward, load_reward_fn, reward
 from minirl.trainer import (
     MetricsLog,
@@ -66,8 +68,10 @@ from minirl.trainer import (
     make_optimizer,
     make_scheduler,
     optimizer_step,
+    scatter_like,
     sequence_positions,
     shard_model,
+    share_prompts,
     sync_weights,
     timed,
 )
@@ -98,7 +102,9 @@ class AlgoConfig:
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per epoch over one rollout batch
-    micro_batch_size: int = 4  # sequences per forward, per SP group
+    # samples per forward, per SP group; with mrsp.shared_prefix whole groups of k = n / mini_batches samples, as
+    # many as fit (minirl.packing.micro_batches): 8 fits the default group, one prompt computation per group
+    micro_batch_size: int = 8
     dynamic_sampling: bool = False  # DAPO: drop groups with zero reward variance and refill
     max_sampling_tries: int = 4
     reward: str = ""  # path/to/file.py:function, or '' for reward.reward (accuracy and format weights below)
@@ -158,6 +164,10 @@ class Trainer:
             raise ValueError(f"optim.batch_size={cfg.optim.batch_size} prompts must divide by the world size "
                              f"{self.world}: every rank rolls out the same number of prompts")
         self.per_rank = cfg.optim.batch_size // self.world
+        k, mb = cfg.rollout.n // cfg.algo.mini_batches, cfg.algo.micro_batch_size  # k: samples of a prompt per mini
+        if cfg.mrsp.shared_prefix and mb < k and self.rank == 0:
+            print(f"warning: algo.micro_batch_size={mb} cuts the {k} samples of a prompt in a mini-batch: the update "
+                  f"computes each prompt {-(-k // mb)} times; {k} or more computes it once", file=sys.stderr)
         self.on_policy = cfg.algo.ppo_epochs == 1 and cfg.algo.mini_batches == 1  # old log-probs = current
         self.out = Path(cfg.run.out)
         if self.rank == 0:
@@ -257,9 +267,11 @@ class Trainer:
     def draw(self, counts: list[int], times: dict) -> tuple[dict, dict, list[list[Sequence]]]:
         """One round of steps 1-3: `counts[r]` new prompts for world rank r. Returns the SP group's
         new prompts by key, their embedding cache, and this rank's groups of n scored sequences."""
-        with timed(times, "encode"):
+        with timed(times, "decode"):  # decord + the processor, this rank's prompts
             mine = self.load_prompts(counts)
-            group_items = [x for part in all_gather_objects(mine, self.sp_group) for x in part]
+        with timed(times, "share"):
+            group_items = share_prompts(mine, self.sp_group)
+        with timed(times, "encode"):  # MR-SP stage 1 only
             cache = self.encode(group_items)
         with timed(times, "rollout"):
             samples = self.rollout(mine, cache)
@@ -288,12 +300,15 @@ class Trainer:
 
     def encode(self, items: list[dict]) -> dict[int, torch.Tensor]:
         """Step 1, MR-SP stage 1 for the SP group's prompts: {key: video embeddings (N, C)}, each
-        video encoded once for the whole step."""
+        video encoded once for the whole step, each rank receiving only the frames it encodes."""
         if not items:  # the same on every rank of the group: they share their items
             return {}
         with torch.no_grad():
-            embeds = encode_videos(self.model, items, self.sp_group, self.cfg.parallel.parallel_encode)
-        return {it["key"]: e for it, e in zip(items, embeds, strict=True)}
+            embeds = encode_videos(self.model, items, self.sp_group, self.cfg.parallel.parallel_encode,
+                                   holders=[it["holder"] for it in items])  # pixels fetched from their decoder
+        # cached in the compute dtype (every forward casts them to it anyway): the fp32 vision tower's
+        # output would double the cache, which holds the whole SP group's videos on every rank
+        return {it["key"]: e.to(self.rollout_model.dtype) for it, e in zip(items, embeds, strict=True)}
 
     def rollout(self, items: list[dict], cache) -> list[Sample]:
         """Step 2: n samples of each of this rank's prompts, each prompt prefilled once from its
@@ -359,13 +374,18 @@ class Trainer:
             groups = [[s] for s in seqs]
         mine = [items[g[0].key] for g in groups]
         if for_update and self.cfg.model.train_vision:
-            video = encode_videos(self.model, mine, self.sp_group, self.cfg.parallel.parallel_encode)
+            video = encode_videos(self.model, mine, self.sp_group, self.cfg.parallel.parallel_encode,
+                                  holders=[it["holder"] for it in mine])
         else:
             video = [cache[g[0].key] for g in groups]
         responses = [[torch.tensor(s.response, dtype=torch.long) for s in g] for g in groups]
         if self.cfg.mrsp.shared_prefix:
             return build_packed_batch(model, mine, [g[0].prompt_ids for g in groups], responses, video)
         return build_micro_batch(model, [s.prompt_ids for s in seqs], [r for (r,) in responses], video, mine)
+
+    def micro_batches(self, seqs: list[Sequence]) -> list[list[int]]:
+        """Positions of `seqs` per forward: whole groups with the shared prefix, else plain chunks."""
+        return micro_batches([s.key for s in seqs], self.cfg.algo.micro_batch_size, self.cfg.mrsp.shared_prefix)
 
     def sp_logprobs(self, model, batch: dict, with_entropy: bool = False):
         """Log-probs (and entropies) laid out like batch["targets"], 0 where it is IGNORE_INDEX."""
@@ -379,10 +399,9 @@ class Trainer:
     def logprobs(self, model, seqs: list[Sequence], items: dict, cache) -> list[torch.Tensor]:
         """Step 5: per-sequence response log-probs (no grad), sequence-parallel (stage 2)."""
         out = []
-        mb = self.cfg.algo.micro_batch_size
         with torch.no_grad():
-            for m in range(0, len(seqs), mb):
-                batch = self.micro_inputs(model, seqs[m:m + mb], items, cache)
+            for idx in self.micro_batches(seqs):
+                batch = self.micro_inputs(model, [seqs[i] for i in idx], items, cache)
                 logp = self.sp_logprobs(model, batch)  # (B, L)
                 out += [row[t != IGNORE_INDEX] for row, t in zip(logp, batch["targets"], strict=True)]
         return out
@@ -395,7 +414,6 @@ class Trainer:
         """
         cfg = self.cfg.algo
         sums = {"grad_norm": 0.0, "optimizer_steps": 0, "skipped_steps": 0}
-        mb = cfg.micro_batch_size
         n, parts = self.cfg.rollout.n, cfg.mini_batches
         # Mini-batch m holds samples [m*n/M, (m+1)*n/M) of *every* prompt: the same global
         # mini-batches under every dp/sp layout (slicing each rank's list would not be).
@@ -406,20 +424,16 @@ class Trainer:
                 global_tokens = all_reduce_sum(tokens) / self.sp  # SP ranks hold the same sequences
                 global_seqs = all_reduce_sum(len(mini)) / self.sp
                 loss_sum = 0.0
-                for m in range(0, len(mini), mb):
+                micros = [[mini[j] for j in part] for part in self.micro_batches([seqs[i] for i in mini])]
+                for m, idx in enumerate(micros):
                     # gradients accumulate unsharded; FSDP reduce-scatters once, after the last micro-batch
-                    self.model.set_requires_gradient_sync(m + mb >= len(mini))
-                    idx = mini[m:m + mb]
+                    self.model.set_requires_gradient_sync(m == len(micros) - 1)
                     micro = [seqs[i] for i in idx]
                     batch = self.micro_inputs(self.model, micro, items, cache, for_update=True)
                     logp, entropy = self.sp_logprobs(self.model, batch, with_entropy=True)  # (B, L) each
                     mask = batch["targets"] != IGNORE_INDEX  # (B, L)
-                    old_logp = torch.zeros_like(logp)
-                    old_logp[mask] = torch.cat([old[i] for i in idx]) if old is not None else logp[mask].detach()
-                    ref_logp = None
-                    if ref is not None:
-                        ref_logp = torch.zeros_like(logp)
-                        ref_logp[mask] = torch.cat([ref[i] for i in idx])
+                    old_logp = logp.detach() if old is None else scatter_like(logp, mask, [old[i] for i in idx])
+                    ref_logp = None if ref is None else scatter_like(logp, mask, [ref[i] for i in idx])
                     adv = torch.tensor([s.advantage for s in micro], device=logp.device)
                     loss, metrics = grpo_loss(
                         logp, old_logp, adv, mask, ref_logp=ref_logp, kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
@@ -451,26 +465,20 @@ class Trainer:
         rewards, accuracy, fmt, abs_adv, lengths = (list(col) for col in zip(*rows, strict=True))
         steps = sums["optimizer_steps"]  # the same on every rank
         return {
-            "reward/overall": statistics.fmean(rewards),
-            "reward/accuracy": statistics.fmean(accuracy),
-            "reward/format": statistics.fmean(fmt),
-            "reward/std": statistics.pstdev(rewards),
+            "reward/overall": statistics.fmean(rewards), "reward/accuracy": statistics.fmean(accuracy),
+            "reward/format": statistics.fmean(fmt), "reward/std": statistics.pstdev(rewards),
             "advantage/abs_mean": statistics.fmean(abs_adv),
             "actor/pg_loss": total["pg_loss"] / cfg.algo.ppo_epochs,
             "actor/kl_loss": total.get("kl_loss", 0.0) / cfg.algo.ppo_epochs,
-            "actor/kl": total.get("kl", 0.0) / tokens,
-            "actor/clipfrac_low": total["clipfrac_low"] / tokens,
+            "actor/kl": total.get("kl", 0.0) / tokens, "actor/clipfrac_low": total["clipfrac_low"] / tokens,
             "actor/clipfrac_high": total["clipfrac_high"] / tokens,
-            "actor/approx_kl": total["approx_kl"] / tokens,
-            "actor/entropy": total["entropy"] / tokens,
+            "actor/approx_kl": total["approx_kl"] / tokens, "actor/entropy": total["entropy"] / tokens,
             "actor/grad_norm": sums["grad_norm"] / steps if steps else float("nan"),
             "actor/skipped_steps": sums["skipped_steps"],
             "actor/lr": self.scheduler.get_last_lr()[0],
-            "response_length/mean": statistics.fmean(lengths),
-            "response_length/max": max(lengths),
+            "response_length/mean": statistics.fmean(lengths), "response_length/max": max(lengths),
             "response_length/clip_ratio": statistics.fmean(float(n == cfg.rollout.max_new_tokens) for n in lengths),
-            "sampling/dropped_groups": all_reduce_sum(stats["dropped_groups"]),
-            "sampling/rounds": stats["rounds"],
+            "sampling/dropped_groups": all_reduce_sum(stats["dropped_groups"]), "sampling/rounds": stats["rounds"],
             **{f"timing_s/{k}": v for k, v in times.items()},
         }
 

@@ -14,7 +14,6 @@ a final Hugging Face export.
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ from minirl.trainer import (
     optimizer_step,
     shard_model,
     split_sft_item,
+    timed,
 )
 from sp import encode_videos, init_distributed, sp_token_logprobs, validate_layout
 
@@ -109,29 +109,34 @@ def main(argv):
 
     per_group = cfg.optim.batch_size // dp
     for step in tqdm(range(start, cfg.optim.steps), desc="sft", disable=rank != 0):
-        t0 = time.time()
-        indices = global_indices(len(train), cfg.run.seed, step * cfg.optim.batch_size, cfg.optim.batch_size)
-        mine = indices[dp_rank * per_group:(dp_rank + 1) * per_group]  # this SP group's sequences
-        items = []
-        for i in mine:
-            try:
-                items.append(sft_example(train[i], processor, sampling, cfg.data.max_prompt_tokens))
-            except Exception as err:  # name the file and the step, then stop (see data.bad_videos)
-                raise RuntimeError(f"step {step}: example {train[i].id} ({train[i].video}): {err}") from err
-        local_tokens = sum(int((it["labels"] != IGNORE_INDEX).sum()) for it in items)
-        global_tokens = all_reduce_sum(local_tokens) / cfg.parallel.sp  # SP ranks hold the same sequences
-        loss_sum = 0.0
-        for m in range(0, len(items), cfg.optim.micro_batch_size):
-            micro = items[m:m + cfg.optim.micro_batch_size]
-            video_embeds = encode_videos(model, micro, sp_group, cfg.parallel.parallel_encode)
-            prompts, targets = zip(*[split_sft_item(it) for it in micro], strict=True)
-            batch = build_micro_batch(model, prompts, targets, video_embeds, micro)
-            logp = sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
-                                     batch["targets"], sp_group, video_mask=batch["video_mask"])  # (B, L)
-            loss = -logp.sum() / global_tokens  # this group's share of the global mean
-            backward(loss)
-            loss_sum += float(loss.detach())
-        grad_norm, stepped = optimizer_step(model, optimizer, cfg.optim.grad_clip, loss_sum)
+        times = {}  # seconds: decode (decord + processor), encode (stage 1), update (forward, backward, step)
+        with timed(times, "step"):
+            indices = global_indices(len(train), cfg.run.seed, step * cfg.optim.batch_size, cfg.optim.batch_size)
+            mine = indices[dp_rank * per_group:(dp_rank + 1) * per_group]  # this SP group's sequences
+            items = []
+            with timed(times, "decode"):
+                for i in mine:
+                    try:
+                        items.append(sft_example(train[i], processor, sampling, cfg.data.max_prompt_tokens))
+                    except Exception as err:  # name the file and the step, then stop (see data.bad_videos)
+                        raise RuntimeError(f"step {step}: example {train[i].id} ({train[i].video}): {err}") from err
+            local_tokens = sum(int((it["labels"] != IGNORE_INDEX).sum()) for it in items)
+            global_tokens = all_reduce_sum(local_tokens) / cfg.parallel.sp  # SP ranks hold the same sequences
+            loss_sum = 0.0
+            for m in range(0, len(items), cfg.optim.micro_batch_size):
+                micro = items[m:m + cfg.optim.micro_batch_size]
+                with timed(times, "encode"):  # with grad when the vision tower trains: its backward is in update
+                    video_embeds = encode_videos(model, micro, sp_group, cfg.parallel.parallel_encode)
+                with timed(times, "update"):
+                    prompts, targets = zip(*[split_sft_item(it) for it in micro], strict=True)
+                    batch = build_micro_batch(model, prompts, targets, video_embeds, micro)
+                    logp = sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
+                                             batch["targets"], sp_group, video_mask=batch["video_mask"])  # (B, L)
+                    loss = -logp.sum() / global_tokens  # this group's share of the global mean
+                    backward(loss)
+                    loss_sum += float(loss.detach())
+            with timed(times, "update"):
+                grad_norm, stepped = optimizer_step(model, optimizer, cfg.optim.grad_clip, loss_sum)
         skipped_in_a_row = count_skipped(skipped_in_a_row, stepped, cfg.optim.max_skipped_steps)
         scheduler.step()
         metrics = {
@@ -140,7 +145,7 @@ def main(argv):
             "sft/skipped_steps": int(not stepped),
             "sft/lr": scheduler.get_last_lr()[0],
             "sft/tokens": global_tokens,
-            "timing_s/step": time.time() - t0,
+            **{f"timing_s/{k}": v for k, v in times.items()},
         }
         if test and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.optim.steps:
             table = evaluate_copy(model, eval_model, processor, test, cfg.data, cfg.eval, rank, world)

@@ -30,9 +30,19 @@ This module is plain torch (no model, no process group), so the layout is testab
 """
 
 from dataclasses import dataclass
+from itertools import groupby
 
 import torch
 import torch.nn.functional as F
+
+try:  # optional, CUDA only; >= 2.1 for the bottom-right causal alignment `varlen_layout` relies on
+    import flash_attn
+    from flash_attn import flash_attn_varlen_func
+
+    if tuple(int(x) for x in flash_attn.__version__.split(".")[:2]) < (2, 1):
+        flash_attn_varlen_func = None
+except ImportError:
+    flash_attn_varlen_func = None
 
 
 @dataclass
@@ -106,19 +116,66 @@ def response_mask(prompt_len: int, input_lens: list[int], device=None) -> torch.
     return torch.cat([torch.ones(R, prompt_len, dtype=torch.bool, device=device), own], dim=1)
 
 
-def grouped_attention(spans: list[Span], device=None):
+def varlen_layout(spans: list[Span], device=None):
+    """The packed row as varlen (flash-attn) sequences: (cu_q, cu_k, kv_index, max_q, max_k).
+
+    Query sequences are the row's own segments in order: each prompt, then each response's input
+    rows. A prompt's keys are itself; a response's keys are [its prompt | itself], gathered from
+    the row by `kv_index` (L_k,). Causal with the bottom-right alignment flash-attn applies when a
+    sequence has more keys than queries (query j sees keys up to j + L_k - L_q) then gives exactly
+    the grouped mask: a response row sees its whole prompt and its own rows up to itself.
+    cu_q / cu_k (S + 1,) int32 are the cumulative lengths.
+    """
+    q_lens, keys = [], []
+    for s in spans:
+        prompt, cursor = torch.arange(s.start, s.prompt_end), s.prompt_end
+        q_lens.append(len(prompt))
+        keys.append(prompt)
+        for n in s.input_lens:
+            if n:  # a length-1 response has no input rows
+                q_lens.append(n)
+                keys.append(torch.cat([prompt, torch.arange(cursor, cursor + n)]))
+                cursor += n
+    k_lens = [len(k) for k in keys]
+
+    def cumulative(lens):
+        return F.pad(torch.tensor(lens).cumsum(0), (1, 0)).to(device, torch.int32)
+
+    return cumulative(q_lens), cumulative(k_lens), torch.cat(keys).to(device), max(q_lens), max(k_lens)
+
+
+def grouped_attention(spans: list[Span], device=None, varlen=None):
     """An `attn_fn` (q (1, L, Hq, D), k, v (1, L, Hkv, D) -> (1, L, Hq, D)) for a packed row.
 
-    Per group, two SDPA calls: the prompt rows causally over the prompt keys (no mask tensor, so
-    a flash kernel applies on CUDA), and the response rows over the group's contiguous
-    [prompt | responses] keys with `response_mask` (R x (P + R) booleans, built once here and
-    reused by every layer; never a P x P mask). Rows past the last group (SP padding) output 0.
+    SDPA (CPU, fp32, and the fallback): per group, two calls: the prompt rows causally over the
+    prompt keys (no mask tensor, so a flash kernel applies on CUDA), and the response rows over
+    the group's contiguous [prompt | responses] keys with `response_mask` (R x (P + R) booleans,
+    built once here and reused by every layer; never a P x P mask).
+
+    Varlen (`varlen` = flash-attn's `flash_attn_varlen_func`, the default on CUDA in fp16/bf16
+    when importable): one kernel call for the whole row over `varlen_layout`, no mask at all. The
+    price: each response's key sequence carries its own copy of the prompt's K/V rows (Hkv heads
+    wide, transient per layer under gradient checkpointing), since a varlen query sequence pairs
+    with exactly one key sequence. `varlen` may be any function of flash-attn's signature (the
+    tests pass a torch reference). Either way rows past the last group (SP padding) output 0.
     Under Ulysses this runs after the all-to-all on the full packed row, so it is `inner`.
     """
+    flash = varlen is None and flash_attn_varlen_func is not None and torch.device(device or "cpu").type == "cuda"
+    varlen = flash_attn_varlen_func if flash else varlen
+    layout = varlen_layout(spans, device) if varlen is not None else None
     masks = [response_mask(s.prompt_end - s.start, s.input_lens, device) if s.end > s.prompt_end else None
              for s in spans]
 
+    def use_varlen(q) -> bool:  # flash-attn's kernels take fp16/bf16 and head_dim <= 256 only
+        return layout is not None and (not flash or (q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256))
+
     def attn(q, k, v, layer_idx=None):
+        end = spans[-1].end
+        if use_varlen(q):
+            cu_q, cu_k, kv_index, max_q, max_k = layout
+            out = varlen(q[0, :end], k[0, kv_index], v[0, kv_index], cu_q, cu_k, max_q, max_k,
+                         causal=True)  # (end, Hq, D)
+            return F.pad(out, (0, 0, 0, 0, 0, q.shape[1] - end))[None]  # (1, L, Hq, D)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (1, H, L, D)
         outs = []
         for s, mask in zip(spans, masks, strict=True):
@@ -130,9 +187,30 @@ def grouped_attention(spans: list[Span], device=None):
                 outs.append(F.scaled_dot_product_attention(q[:, :, s.prompt_end:s.end], k[:, :, keys],
                                                            v[:, :, keys], attn_mask=mask,
                                                            enable_gqa=True))  # (1, Hq, R, D)
-        pad = q.shape[2] - spans[-1].end
+        pad = q.shape[2] - end
         if pad:
             outs.append(q.new_zeros(*q.shape[:2], pad, q.shape[3]))  # (1, Hq, pad, D)
         return torch.cat(outs, dim=2).transpose(1, 2)  # (1, L, Hq, D)
 
     return attn
+
+
+def micro_batches(keys: list, size: int, whole_groups: bool = True) -> list[list[int]]:
+    """Positions 0..len(keys)-1 cut, in order, into micro-batches of at most `size` samples.
+
+    keys[i] is sample i's prompt; a prompt's samples are consecutive (a group). With `whole_groups`
+    (the shared prefix) a micro-batch holds whole groups, as many as fit: a packed forward computes
+    each of its groups' prompts once, so a cut inside a group computes that prompt twice. A group
+    larger than `size` is cut into pieces of `size`: the memory cap wins. Without, plain chunks.
+    """
+    if not whole_groups:
+        return [list(range(i, min(i + size, len(keys)))) for i in range(0, len(keys), size)]
+    out, current = [], []
+    for _, group in groupby(range(len(keys)), key=keys.__getitem__):
+        group = list(group)
+        for piece in (group[i:i + size] for i in range(0, len(group), size)):
+            if len(current) + len(piece) > size:
+                out.append(current)
+                current = []
+            current += piece
+    return out + [current] if current else out

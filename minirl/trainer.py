@@ -242,6 +242,14 @@ def build_packed_batch(model: QwenVL, items: list[dict], prompts: list[torch.Ten
     return dict(packed=packed, video_embeds=torch.cat(video_embeds), targets=targets)
 
 
+def scatter_like(x: torch.Tensor, mask: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
+    """Zeros like `x` (B, L) holding the concatenated `rows` where `mask` is set, in order: per-sequence
+    values (old/ref log-probs) laid out like the log-probs of a micro-batch."""
+    out = torch.zeros_like(x)
+    out[mask.to(x.device)] = torch.cat(rows).to(x.device, x.dtype)
+    return out
+
+
 def split_sft_item(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt ids, target ids) of an SFT example: the target is where labels are not ignored."""
     start = int((item["labels"] != IGNORE_INDEX).nonzero()[0])
@@ -257,11 +265,27 @@ def all_gather_objects(obj, group=None) -> list:
     return out
 
 
+def share_prompts(mine: list[dict], group) -> list[dict]:
+    """The prompts of every rank of the SP `group`, in rank order, each with `holder`: the group rank
+    that decoded it. Only the small fields travel (token ids, video grid, answer); a video's pixel
+    rows stay on its holder, and MR-SP stage 1 (`sp.encode_videos`) sends each rank only the rows
+    it encodes."""
+    me = dist.get_rank(group)
+    light = [{k: v for k, v in it.items() if k != "pixel_values_videos"} for it in mine]
+    parts = all_gather_objects(light, group)
+    return [{**it, "holder": r} for r, part in enumerate(parts) for it in (mine if r == me else part)]
+
+
 @contextlib.contextmanager
 def timed(times: dict, name: str):
-    """Add the seconds the block takes to times[name]."""
+    """Add the seconds the block takes to times[name] (perf_counter). On CUDA the queue is drained
+    at both ends, so a stage is charged its kernels, not just their launches."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     yield
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     times[name] = times.get(name, 0.0) + time.perf_counter() - start
 
 

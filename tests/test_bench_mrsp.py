@@ -20,7 +20,7 @@ def _rollouts(rank, model_dir, data_dir, out_file):
         os.environ.pop(key, None)
     from bench_mrsp import NaiveTrainer
     from minirl import config as C
-    from minirl.trainer import sync_weights
+    from minirl.trainer import share_prompts, sync_weights
     from train_rl import RLConfig, Trainer
 
     cfg = C.parse(RLConfig, ["--model.path", model_dir, "--data.train", f"{data_dir}/train.jsonl", "--data.frames",
@@ -30,7 +30,7 @@ def _rollouts(rank, model_dir, data_dir, out_file):
     sync_weights(trainer.rollout_model, trainer.model)
     calls = []
     trainer.rollout_model.visual.register_forward_hook(lambda *_: calls.append(1))
-    items = trainer.load_prompts([2])
+    items = share_prompts(trainer.load_prompts([2]), trainer.sp_group)
     cached = Trainer.rollout(trainer, items, Trainer.encode(trainer, items))  # train_rl's path
     encodes_cached = len(calls)
     naive = trainer.rollout(items, trainer.encode(items))

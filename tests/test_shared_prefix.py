@@ -24,7 +24,7 @@ from test_train import REWARD, max_diff, rl_args, run_rl
 import sp
 from minirl import synth
 from minirl.model import load_model, rope_index
-from minirl.packing import grouped_attention, pack, response_mask
+from minirl.packing import grouped_attention, micro_batches, pack, response_mask, varlen_layout
 from minirl.tiny import build_tiny_model, default_corpus
 from minirl.trainer import build_micro_batch, sequence_positions
 
@@ -309,6 +309,60 @@ def test_grouped_attention_equals_separate_sequences():
     assert (out - ref_out).abs().max() <= 1e-6 and not out[:, -2:].any()
     for ref, t in zip(ref_grads, (q, k, v), strict=True):
         assert (ref - t.grad).abs().max() <= 1e-6
+
+
+def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal=True):
+    """flash-attn's `flash_attn_varlen_func` in plain torch, as documented: per sequence, causal
+    aligned to the bottom-right corner (query j sees keys up to j + L_k - L_q)."""
+    assert causal and max_q == int((cu_q[1:] - cu_q[:-1]).max()) and max_k == int((cu_k[1:] - cu_k[:-1]).max())
+    outs = []
+    for i in range(len(cu_q) - 1):
+        qs, ks, vs = (t[c[i]:c[i + 1]].transpose(0, 1)[None] for t, c in ((q, cu_q), (k, cu_k), (v, cu_k)))
+        Lq, Lk = qs.shape[2], ks.shape[2]
+        mask = torch.arange(Lk)[None] <= torch.arange(Lq)[:, None] + Lk - Lq  # (Lq, Lk)
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)[0].transpose(0, 1))
+    return torch.cat(outs)  # (total_q, Hq, D)
+
+
+def test_varlen_layout_by_hand():
+    """Every prompt and every response is a query sequence; a response's keys are [prompt | itself]."""
+    zeros = partial(torch.zeros, dtype=torch.long)
+    packed = pack([(zeros(3), zeros(3, 3), [zeros(3), zeros(1), zeros(2)]), (zeros(2), zeros(3, 2), [zeros(2)])],
+                  None)  # rows: prompt 0-2, r1 3-4, r3 5; prompt 6-7, r 8
+    cu_q, cu_k, kv_index, max_q, max_k = varlen_layout(packed.spans)
+    assert cu_q.tolist() == [0, 3, 5, 6, 8, 9] and cu_q.dtype == torch.int32
+    assert kv_index.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 5, 6, 7, 6, 7, 8]
+    assert cu_k.tolist() == [0, 3, 8, 12, 14, 17] and (max_q, max_k) == (3, 5)
+
+
+def test_varlen_path_equals_sdpa_path():
+    """The flash-attn varlen layout (run by a torch reference of its documented semantics, as flash-attn
+    itself cannot run here) vs the SDPA path: outputs and q/k/v gradients, pads included."""
+    g = torch.Generator().manual_seed(1)
+    zeros = partial(torch.zeros, dtype=torch.long)
+    packed = pack([(zeros(5), zeros(3, 5), [zeros(n) for n in (1, 4, 3)]), (zeros(2), zeros(3, 2), [zeros(2)])],
+                  None)
+    L = packed.input_ids.shape[1] + 3  # SP pad rows
+    inputs = [torch.randn(1, L, h, 8, generator=g) for h in (4, 2, 2)]  # GQA: 4 query heads, 2 KV heads
+    weight = torch.randn(1, L, 4, 8, generator=g)
+    results = []
+    for varlen in (None, _torch_varlen):
+        q, k, v = (t.clone().requires_grad_() for t in inputs)
+        out = grouped_attention(packed.spans, varlen=varlen)(q, k, v)
+        (out * weight).sum().backward()
+        results.append((out.detach(), q.grad, k.grad, v.grad))
+    for a, b in zip(*results, strict=True):
+        assert (a - b).abs().max() <= 1e-6
+    assert not results[1][0][:, -3:].any()
+
+
+def test_micro_batches_hold_whole_groups():
+    keys = ["a"] * 4 + ["b"] * 4 + ["c"] * 2 + ["d"] * 9
+    assert micro_batches(keys, 8) == [list(range(0, 8)), [8, 9], list(range(10, 18)), [18]]  # d: cut by the cap
+    assert micro_batches(keys, 6) == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9], list(range(10, 16)), [16, 17, 18]]
+    assert micro_batches(keys[:8], 3) == [[0, 1, 2], [3], [4, 5, 6], [7]]  # below k: a prompt per piece
+    assert micro_batches(keys[:8], 3, whole_groups=False) == [[0, 1, 2], [3, 4, 5], [6, 7]]  # the unshared path
+    assert micro_batches([], 4) == []
 
 
 # ----------------------------------------------------------------------------- a whole RL step

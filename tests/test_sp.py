@@ -200,6 +200,13 @@ def _worker(rank, world, port, plan_path, out_dir):
             pixels = torch.cat([plan["videos"][n]["pixel_values_videos"] for n in names])
             grid = torch.cat([plan["videos"][n]["video_grid_thw"] for n in names])
             out["+".join(names)] = sp.parallel_encode(model, pixels, grid, group)
+            for pattern in ("alternating", "last"):  # a rank's items need not be contiguous, or exist
+                holders = [i % world if pattern == "alternating" else world - 1 for i in range(len(names))]
+                items = [{k: v for k, v in plan["videos"][n].items() if h == rank or k != "pixel_values_videos"}
+                         for n, h in zip(names, holders, strict=True)]  # pixels on their holder only
+                for parallel in (True, False):
+                    out[f"held_{pattern}_{parallel}_" + "+".join(names)] = torch.cat(
+                        sp.encode_videos(model, items, group, parallel, holders))
     for name, case in plan["cases"].items():
         out[name] = _model_case(model, case, group)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -260,6 +267,17 @@ def test_parallel_encode_equals_one_process(run):
     for out in results:
         for key in ("a", "c", "a+b", "b+c+a"):  # 5, 2, 8 and 10 temporal groups
             assert torch.equal(out[key], expected[key]), key
+
+
+def test_encode_from_holders_equals_one_process(run):
+    """Pixels only on the rank that decoded each video: each rank fetches its share's rows (or, without
+    parallel encoding, every row) and the embeddings are exactly one process's."""
+    _, results, expected = run
+    for out in results:
+        for key in ("a", "c", "a+b", "b+c+a"):
+            for pattern in ("alternating", "last"):
+                for parallel in (True, False):
+                    assert torch.equal(out[f"held_{pattern}_{parallel}_{key}"], expected[key]), (key, pattern)
 
 
 @pytest.mark.parametrize("case", ["divides", "ragged", "batch"])
