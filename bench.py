@@ -2,11 +2,13 @@
 
     python bench.py rollout [--json PATH]   our KV-cache sampler vs transformers' generate
     python bench.py sp      [--json PATH]   sequence-parallel prefill + backward: memory and time vs sp
+    python bench.py shared  [--json PATH]   the shared prefix in training: an RL step with it on / off, and
+                                            the update's saved activations per group, packed vs unpacked
     python bench.py plan    [--table ...]   the memory plan per GPU (minirl/memplan.py; no model is built)
 
 Each subcommand builds its own tiny model (and synthetic videos) in a temporary directory, prints
 a table and, with --json, writes the same figures as JSON. A whole RL step, naive vs stage 1 vs
-stages 1+2, is bench_mrsp.py, which shares the helpers below.
+stages 1+2 (+ shared prefix) vs frames, is bench_mrsp.py, which shares the helpers below.
 """
 
 import argparse
@@ -97,6 +99,23 @@ def timed(fn, device: torch.device):
             torch.cuda.synchronize(device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return result, seconds, cpu, mem.peak
+
+
+def saved_bytes(fn, model) -> tuple:
+    """(fn(), bytes of every distinct storage autograd keeps for backward while fn runs), through
+    `saved_tensors_hooks`, except the parameters, which exist before and after the step."""
+    existing = {t.untyped_storage().data_ptr() for t in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in existing:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, sum(saved.values())
 
 
 def write_json(path, figures: dict):
@@ -275,24 +294,15 @@ def _sp_step(model, length: int, response: int, group, device):
     positions = torch.arange(length).expand(3, 1, length)  # (3, 1, L)
     targets = torch.full((1, length), IGNORE_INDEX)
     targets[0, length - response - 1:-1] = torch.randint(0, model.config.vocab_size, (response,), generator=g)
-    existing = {t.untyped_storage().data_ptr() for t in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in existing:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
     model.zero_grad(set_to_none=False)  # keep the grad buffers: they are not activations
     dist.barrier(group)
     with PeakMemory(device) as mem:
         start = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = -sp_token_logprobs(model, input_ids, None, positions, targets, group).sum()
+        loss, saved = saved_bytes(lambda: -sp_token_logprobs(model, input_ids, None, positions, targets, group).sum(),
+                                  model)  # the input embeddings are made inside: not counted either
         loss.backward()
         seconds = time.perf_counter() - start
-    return dict(saved_mb=sum(saved.values()) / 2**20, peak_rss_mb=mem.peak / 2**20, seconds=seconds)
+    return dict(saved_mb=saved / 2**20, peak_rss_mb=mem.peak / 2**20, seconds=seconds)
 
 
 def _sp_worker(rank, world, port, args, out_path):
@@ -387,9 +397,105 @@ def bench_sp(args):
             runs=rows, budget_mb=budget, longest_within_budget={str(d): n for d, n in longest.items()}))
 
 
+# ----------------------------------------------------------------------------- shared prefix
+
+
+def shared_args(parser):
+    parser.add_argument("--prompts", type=int, default=4, help="prompts (videos) per step")
+    parser.add_argument("--n", type=int, default=8, help="rollouts per prompt")
+    parser.add_argument("--frames", type=int, default=64, help="frames per video (64 at 168x168: 1,152 video tokens)")
+    parser.add_argument("--frame-size", type=int, default=168, help="square frame side, a multiple of 28")
+    parser.add_argument("--new-tokens", type=int, default=64, help="max new tokens per rollout")
+    parser.add_argument("--micro", type=int, nargs="+", default=[4, 8], help="shared-prefix micro-batch sizes to run")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per run, after 1 warm-up step (median)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every config, interleaved (median of runs)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of the one process")
+    parser.add_argument("--train-vision", action="store_true", help="train the vision tower (the update re-encodes)")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+
+
+def bench_shared(args):
+    """The shared prefix in training: an RL step with it on and off, and the update's saved activations.
+
+    Step: train_rl's Trainer in 1 fresh process per run (bench_mrsp's worker), --prompts prompts x --n rollouts
+    of --new-tokens tokens, defaults otherwise (on-policy: no old forward; KL off: no reference forward), the
+    bench_mrsp model. Configs: unshared (`--mrsp.shared_prefix false`, micro-batch 4, the old default) and
+    shared at each --micro size; runs interleave over --rounds. Saved activations: one group (the first
+    prompt, k random responses of --new-tokens tokens) through the update's forward, packed
+    (`build_packed_batch` + `sp_packed_logprobs`) vs unpacked (`build_micro_batch` + `sp_token_logprobs`).
+    """
+    from bench_mrsp import MRSP_SIZE, run_trainer
+    from minirl.trainer import build_micro_batch, build_packed_batch
+    from sp import sp_packed_logprobs
+
+    work = Path(tempfile.mkdtemp(prefix="minirl-bench-shared-"))
+    synth.generate(work / "data", train=args.prompts, test=0, frames=max(64, args.frames), size=args.frame_size, fps=8,
+                   per_video=1)
+    model_dir = build_tiny_model(work / "model", synth.corpus(num_videos=32), size=MRSP_SIZE,
+                                 max_pixels=args.frame_size**2)
+    base = ["--model.path", model_dir, "--data.train", work / "data/train.jsonl", "--data.frames", args.frames,
+            "--data.max_prompt_tokens", 1 << 20, "--rollout.n", args.n, "--rollout.max_new_tokens", args.new_tokens,
+            "--optim.batch_size", args.prompts, "--model.train_vision", str(args.train_vision).lower(),
+            "--run.tensorboard", "false"]
+    configs = {"unshared, micro-batch 4": ["--mrsp.shared_prefix", "false", "--algo.micro_batch_size", 4]}
+    configs |= {f"shared, micro-batch {m}": ["--mrsp.shared_prefix", "true", "--algo.micro_batch_size", m]
+                for m in args.micro}
+    mp.set_forkserver_preload(["bench_mrsp", "train_rl"])
+    runs = {name: [] for name in configs}
+    for r in range(args.rounds):
+        for i, (name, flags) in enumerate(configs.items()):
+            argv = [*base, *flags, "--run.out", work / f"run{r}-{i}"]
+            runs[name].append(run_trainer(work, f"run{r}-{i}", "stage1", argv, args.steps, world=1,
+                                          threads=args.threads))
+            assert "error" not in runs[name][-1], runs[name][-1]
+    rows = []
+    for name, rs in runs.items():
+        med = {k: statistics.median(r["breakdown_s"].get(k, 0.0) for r in rs) for k in ("encode", "rollout", "update")}
+        rows.append(dict(config=name, seconds=statistics.median(r["seconds"] for r in rs), **med,
+                         times_s=[t for r in rs for t in r["times_s"]], prompt_tokens=rs[0]["prompt_tokens"],
+                         video_tokens=rs[0]["video_tokens"]))
+    print(f"\n{args.prompts} prompts x {args.n} rollouts x {args.new_tokens} new tokens, {rows[0]['video_tokens']} "
+          f"video tokens per prompt ({rows[0]['prompt_tokens']} prompt tokens), 1 process, {args.threads} threads, "
+          f"vision tower {'trained' if args.train_vision else 'frozen'}; median of {args.rounds} run(s) x "
+          f"{args.steps} steps")
+    print(f"{'config':<24} {'s/step':>7} {'update s':>9} {'update share':>13} {'update speedup':>15} "
+          f"{'encode s':>9} {'rollout s':>10}")
+    for row in rows:
+        row["update_share"], row["update_speedup"] = row["update"] / row["seconds"], rows[0]["update"] / row["update"]
+        print(f"{row['config']:<24} {row['seconds']:>7.2f} {row['update']:>9.2f} {row['update_share']:>12.0%} "
+              f"{row['update_speedup']:>14.2f}x {row['encode']:>9.2f} {row['rollout']:>10.2f}")
+
+    # saved activations of the update's forward, one group, this process (a world of one)
+    _, _, device, mesh = init_distributed(sp=1)
+    model = load_model(model_dir)
+    item = rl_example(load_jsonl(work / "data/train.jsonl")[0], AutoProcessor.from_pretrained(model_dir),
+                      FrameSampling(num_frames=args.frames), max_prompt_tokens=1 << 20)
+    with torch.no_grad():
+        video = model.encode_video(item["pixel_values_videos"], item["video_grid_thw"])  # the cache: no grad
+    prompt, P, R, group = item["input_ids"], len(item["input_ids"]), args.new_tokens, mesh["sp"].get_group()
+    saved = []
+    print(f"\nupdate forward, saved activations per group (prompt {P} tokens, k responses of {R} tokens, fp32):")
+    print(f"{'k':>3} {'packed MB':>10} {'unpacked MB':>12} {'ratio':>7} {'(P + k(R-1)) / k(P + R)':>24}")
+    for k in sorted({1, 2, 4, args.n}):
+        responses = [torch.randint(0, model.config.vocab_size, (R,), generator=torch.Generator().manual_seed(j))
+                     for j in range(k)]
+        packed = build_packed_batch(model, [item], [prompt], [responses], [video])
+        plain = build_micro_batch(model, [prompt] * k, responses, [video] * k, [item] * k)
+        _, a = saved_bytes(partial(sp_packed_logprobs, model, packed["packed"], packed["video_embeds"], group), model)
+        _, b = saved_bytes(partial(sp_token_logprobs, model, plain["input_ids"], plain["video_embeds"],
+                                   plain["positions"], plain["targets"], group, video_mask=plain["video_mask"]), model)
+        tokens = (P + k * (R - 1)) / (k * (P + R))
+        saved.append(dict(k=k, packed_mb=a / 2**20, unpacked_mb=b / 2**20, ratio=a / b, token_ratio=tokens))
+        print(f"{k:>3} {a / 2**20:>10.1f} {b / 2**20:>12.1f} {a / b:>7.3f} {tokens:>24.3f}")
+    dist.destroy_process_group()
+    if args.json:
+        write_json(args.json, dict(workload=dict(vars(args), model_size=MRSP_SIZE, device=str(device)), step=rows,
+                                   saved_activations=dict(prompt_tokens=P, response_tokens=R, groups=saved)))
+
+
 # ----------------------------------------------------------------------------- main
 
-COMMANDS = {"rollout": (rollout_args, bench_rollout), "sp": (sp_args, bench_sp)}
+COMMANDS = {"rollout": (rollout_args, bench_rollout), "sp": (sp_args, bench_sp), "shared": (shared_args, bench_shared)}
 
 
 def main():
