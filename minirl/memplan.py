@@ -22,9 +22,15 @@ base allocates (not of an ideal system), named after the code that allocates it:
   `streamed_sync=False` plans the whole fp32 model gathered on every GPU, as
   `get_model_state_dict(full_state_dict=True)` did before issue 13.
 - **Video inputs and vision activations** (`sp.encode_videos`): the patches this GPU encodes
-  (fp32 `pixel_values_videos`, 3 * 2 * 14 * 14 values each), one vision block's activations at a
-  time (no grad: the tower is frozen by default), and the gathered video embeddings (the
-  embedding cache, held for the whole step). Stage 1 encodes frames / sp per GPU, naive all.
+  (fp32 `pixel_values_videos`, 3 * 2 * 14 * 14 values each) and one vision block's activations at
+  a time for a run of at most `vision_chunk` patches (`QwenVL.encode_video`), in fp32 (the
+  policy's replicated vision tower encodes; no grad, it is frozen by default). An SP group
+  encodes its sp ranks' videos together, each rank 1/sp of each, so a GPU encodes one video's
+  worth of patches per prompt it rolls out, with or without stage 1: stage 1 saves the n - 1
+  re-encodings (time), not memory.
+- **Embedding cache** (`Trainer.encode`): in the compute dtype, held for the whole step; under
+  stage 2 every rank of an SP group trains on the group's union of sequences, so it caches the
+  videos of all the group's prompts (sp x prompts per GPU).
 - **Rollout KV cache** (`rollout.sample`): per prompt one prompt cache (k and v, every layer) and
   n response caches of `response` tokens; the naive rollout prefills n copies of the prompt.
 - **Update activations** (`sp_token_logprobs` / `sp_packed_logprobs` under autograd): per token
@@ -46,6 +52,7 @@ tokens of the prompt beyond `text_tokens`, activations of the prefill chunks and
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -147,11 +154,11 @@ class Setup:
     gpus: int = 8
     sp: int = 8  # sequence-parallel degree (stage 2); dp = gpus / sp
     frames: int = 3600
-    tokens_per_frame: float = 72  # LLM tokens per frame: 3,600 frames ~ 256k tokens (12 x 12 merged per 2 frames)
+    tokens_per_frame: float = 72.0  # LLM tokens per frame: 3,600 frames ~ 256k tokens (12 x 12 merged per 2 frames)
     text_tokens: int = 128  # question, options, template
     n: int = 8  # rollouts per prompt
     response: int = 1024  # response tokens (max_new_tokens)
-    prompts_per_gpu: int = 1  # rollout prompts per GPU
+    prompts_per_gpu: float = 1.0  # rollout prompts per GPU; 1 / sp: one video per SP group (the paper's layout)
     micro_batch: int = 1  # sequences (samples) per update forward
     grad_ckpt: bool = True
     parallel_encode: bool = True  # stage 1: frames / sp per GPU, embeddings cached, one prefill per prompt
@@ -161,6 +168,8 @@ class Setup:
     train_vision: bool = False
     compute_bytes: int = 2  # bf16
     attention: str = "flash"  # "flash": no S x S; "math": SDPA/eager saves the softmax
+    vision_chunk: int = 32768  # patches per vision-tower call without grad (minirl.model.VISION_CHUNK)
+    cache_bytes: int = 0  # bytes per embedding-cache value (0: the compute dtype's, as Trainer.encode casts)
     sharded_ref: bool = True  # the reference decoder sharded over the GPUs (False: a full replica, before issue 13)
     streamed_sync: bool = True  # weight sync one tensor at a time (False: the whole fp32 model, before issue 13)
     gpu_gib: float = 80
@@ -177,8 +186,8 @@ def plan(shape: Shape, s: Setup) -> dict:
     cb, world = s.compute_bytes, s.gpus
     video = round(s.frames * s.tokens_per_frame)
     prompt = video + s.text_tokens
-    enc_split = s.sp if s.parallel_encode else 1
     train_sp = s.sp if s.ulysses else 1
+    group = max(1.0, s.prompts_per_gpu * train_sp)  # prompts whose embeddings every rank of an SP group caches
     t = {}
     # persistent
     t["fsdp_params"] = shape.llm_params() * 4 // world
@@ -192,16 +201,16 @@ def plan(shape: Shape, s: Setup) -> dict:
     unit = max(shape.block_params(), shape.embed_params())
     t["sync_gather"] = shape.embed_params() * 4 if s.streamed_sync else shape.params() * 4
     # encode
-    patches = video * shape.merge**2  # patches of the whole video
-    mine = patches // enc_split
+    mine = round(s.prompts_per_gpu * video * shape.merge**2)  # patches this GPU encodes
     t["video_pixels"] = mine * shape.patch_values() * 4
     d, f = shape.v_hidden, shape.v_ffn
-    t["vision_activations"] = mine * (6 * d + 3 * f) * cb  # one block: x, norm, q k v, output; SwiGLU
-    t["embedding_cache"] = video * shape.hidden * cb * s.prompts_per_gpu
+    t["vision_activations"] = min(mine, s.vision_chunk) * (6 * d + 3 * f) * 4  # one fp32 block of one run
+    t["embedding_cache"] = round(group * video * shape.hidden * (s.cache_bytes or cb))
     # rollout
     kv = shape.kv_bytes_per_token(cb)
     copies = 1 if s.parallel_encode else s.n  # naive: each rollout prefills its own copy of the prompt
-    t["kv_cache"] = s.prompts_per_gpu * (copies * prompt + s.n * s.response) * kv
+    # with fewer prompts than GPUs a GPU holds its prompt's cache and its share of the n samples
+    t["kv_cache"] = round((math.ceil(s.prompts_per_gpu) * copies * prompt + s.prompts_per_gpu * s.n * s.response) * kv)
     # update
     if s.shared_prefix:
         seq, rows = prompt + s.micro_batch * s.response, 1
@@ -257,6 +266,8 @@ VARIANTS = {  # the paper's Figure 2 variants as this code runs them, then k = n
     "stages 1+2": dict(parallel_encode=True, ulysses=True, shared_prefix=False, micro_batch=1),
     "1+2, mb = n": dict(parallel_encode=True, ulysses=True, shared_prefix=False, micro_batch=None),
     "+ shared, mb = n": dict(parallel_encode=True, ulysses=True, shared_prefix=True, micro_batch=None),
+    "1+2, 1 video/group": dict(parallel_encode=True, ulysses=True, shared_prefix=False, micro_batch=1,
+                               prompts_per_gpu=None),  # the paper's layout: not what train_rl does today
 }
 FRAMES = (64, 128, 256, 512, 1024, 2048, 3600)
 
@@ -278,18 +289,21 @@ def largest_fitting(shape: Shape, setup: Setup, limit: int = 100_000) -> int:
 def table(shape: Shape, base: Setup, frames=FRAMES) -> str:
     """Peak GiB per GPU for each variant at each frame count ('*' past the card) and the largest
     frame count that fits: before issue 13's memory fixes (a reference replica per GPU, the whole
-    fp32 model gathered by the weight sync) and today."""
+    fp32 model gathered by the weight sync, the vision tower run on all patches at once, an fp32
+    embedding cache) and today."""
     lines = []
-    for label, fixes in (("before issue 13", dict(sharded_ref=False, streamed_sync=False)), ("today", {})):
-        head = f"{label:<17}" + "".join(f"{f:>8}" for f in frames) + f"{'max frames':>12}"
+    before = dict(sharded_ref=False, streamed_sync=False, vision_chunk=1 << 60, cache_bytes=4)
+    for label, fixes in (("before issue 13", before), ("today", {})):
+        head = f"{label:<19}" + "".join(f"{f:>8}" for f in frames) + f"{'max frames':>12}"
         lines += [head, "-" * len(head)]
         for name, variant in VARIANTS.items():
-            setup = replace(base, **{**variant, "micro_batch": variant["micro_batch"] or base.n}, **fixes)
+            setup = replace(base, **{**variant, "micro_batch": variant["micro_batch"] or base.n,
+                                     "prompts_per_gpu": variant.get("prompts_per_gpu", 1) or 1 / base.sp}, **fixes)
             cells = []
             for f in frames:
                 p = plan(shape, replace(setup, frames=f))
                 cells.append(f"{p['peak'] / GIB:>7.0f}" + (" " if p["fits"] else "*"))
-            lines.append(f"{name:<17}" + "".join(cells) + f"{largest_fitting(shape, setup):>12}")
+            lines.append(f"{name:<19}" + "".join(cells) + f"{largest_fitting(shape, setup):>12}")
         lines.append("")
     return "\n".join(lines) + f"(* = over {base.gpu_gib:g} - {base.reserve_gib:g} GiB)"
 

@@ -297,6 +297,9 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+VISION_CHUNK = 32768  # patches per vision-tower call without grad (see QwenVL.encode_video)
+
+
 class QwenVL(nn.Module):
     """Qwen2.5-VL: our decoder + transformers' vision tower (None for text-only checkpoints)."""
 
@@ -328,12 +331,29 @@ class QwenVL(nn.Module):
     def dtype(self):
         return self.embed_tokens.weight.dtype
 
-    def encode_video(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> torch.Tensor:
-        """Merged video-token embeddings (N_tokens, hidden) for one or more videos, in order."""
+    def encode_video(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
+                     max_patches: int = VISION_CHUNK) -> torch.Tensor:
+        """Merged video-token embeddings (N_tokens, hidden) for one or more videos, in order.
+
+        Without grad, more than `max_patches` patches go through the tower in runs of whole temporal
+        groups of at most that many (one group if a group alone is larger): its attention never
+        crosses a temporal group, so the result is the same while the activations are a run's, not
+        an hour-long video's (7B: ~70 KB of fp32 per patch, 1M patches at 3,600 frames).
+        """
         if self.visual is None:
             raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
         pixels = pixel_values_videos.to(self.device, self.visual.dtype)
-        return self.visual(pixels, grid_thw=video_grid_thw.to(self.device)).pooler_output.to(self.dtype)
+        if torch.is_grad_enabled() or len(pixels) <= max_patches:
+            return self.visual(pixels, grid_thw=video_grid_thw.to(self.device)).pooler_output.to(self.dtype)
+        runs, start = [], 0  # (first row, last row, grid of the run)
+        for t, h, w in video_grid_thw.tolist():
+            step = max(1, max_patches // (h * w))  # temporal groups per run
+            for t0 in range(0, t, step):
+                k = min(step, t - t0)
+                runs.append((start, start + k * h * w, torch.tensor([[k, h, w]], device=self.device)))
+                start += k * h * w
+        out = [self.visual(pixels[a:b], grid_thw=grid).pooler_output for a, b, grid in runs]
+        return torch.cat(out).to(self.dtype)
 
     def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None = None,
               video_mask: torch.Tensor | None = None) -> torch.Tensor:

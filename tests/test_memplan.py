@@ -37,22 +37,23 @@ def test_toy_plan_by_hand():
     assert (t["fsdp_params"], t["fsdp_grads"], t["fsdp_adam"]) == (712, 712, 1424)  # 356 * 4 / 2 GPUs
     assert t["vision_replica"] == 78 * 4 and t["rollout_weights"] == t["reference_weights"] == 434 * 2
     assert t["sync_gather"] == 434 * 4
-    # 4 video tokens = 4 patches (merge 1), 2 per GPU (stage 1 over sp=2)
-    assert t["video_pixels"] == 2 * 2 * 4 and t["vision_activations"] == 2 * (6 * 2 + 3 * 3) * 2
-    assert t["embedding_cache"] == 4 * 4 * 2
+    # 4 video tokens = 4 patches (merge 1): a GPU encodes half of each of its SP group's 2 videos, fp32
+    assert t["video_pixels"] == 4 * 2 * 4 and t["vision_activations"] == 4 * (6 * 2 + 3 * 3) * 4
+    assert t["embedding_cache"] == 2 * 4 * 4 * 2  # both videos of the SP group, 4 tokens of 4, bf16
     assert t["kv_cache"] == (6 + 2 * 3) * 16  # one prompt cache (4 video + 2 text) + 2 responses of 3
     # update: (6 + 3) tokens over sp 2 -> 5 per GPU; no checkpointing: 2 layers * 144 + widest grad 2 * 6 * 2
     assert t["update_activations"] == 5 * (2 * 144 + 24) == 1560
     assert t["attention_scores"] == 0  # flash
     assert t["logits"] == 2 * 10 * 14  # ceil(3 / 2) response rows, vocab 10, 2 + 12 bytes
     assert t["fsdp_workspace"] == 136 * (2 * 2 + 4)
-    assert p["phases"] == dict(sync=1736, encode=16 + 84 + 32, rollout=32 + 192, update=32 + 1560 + 280 + 1088)
-    assert p["peak"] == 712 + 712 + 1424 + 312 + 868 + 868 + 2960 == 7856 and p["bottleneck"] == "update"
+    assert p["phases"] == dict(sync=1736, encode=32 + 336 + 64, rollout=64 + 192, update=64 + 1560 + 280 + 1088)
+    assert p["peak"] == 712 + 712 + 1424 + 312 + 868 + 868 + 2992 == 7888 and p["bottleneck"] == "update"
 
 
 def test_toy_variants_by_hand():
     naive = M.plan(TOY, replace(SETUP, parallel_encode=False, ulysses=False))["terms"]
-    assert naive["video_pixels"] == 4 * 2 * 4  # the whole video on one GPU
+    assert naive["video_pixels"] == 4 * 2 * 4  # its own whole video: the same bytes as half of two
+    assert naive["embedding_cache"] == 4 * 4 * 2  # its own video only
     assert naive["kv_cache"] == (2 * 6 + 2 * 3) * 16  # n prompt copies
     assert naive["update_activations"] == 9 * (2 * 136 + 24)  # the whole sequence
     shared = M.plan(TOY, replace(SETUP, shared_prefix=True, micro_batch=2))["terms"]
@@ -67,6 +68,10 @@ def test_toy_variants_by_hand():
     assert fixed["reference_weights"] == 356 * 2 // 2 + 78 * 2  # the decoder sharded over 2, the vision replica
     assert fixed["sync_gather"] == 40 * 4  # the largest tensor, the embedding, in fp32
     assert M.plan(TOY, replace(SETUP, kl=False))["terms"]["reference_weights"] == 0
+    assert M.plan(TOY, replace(SETUP, cache_bytes=4))["terms"]["embedding_cache"] == 2 * 4 * 4 * 4
+    paper = M.plan(TOY, replace(SETUP, prompts_per_gpu=0.5))["terms"]  # one video per SP group of 2
+    assert paper["embedding_cache"] == 4 * 4 * 2 and paper["video_pixels"] == 2 * 2 * 4
+    assert paper["kv_cache"] == (6 + 0.5 * 2 * 3) * 16  # the prompt's cache, half of its samples
 
 
 def count(model):
@@ -100,6 +105,9 @@ def test_largest_fitting_and_cli(capsys):
     assert M.plan(shape, replace(base, frames=best))["fits"]
     assert not M.plan(shape, replace(base, frames=best + 2))["fits"]
     assert best >= 3600  # the hour-long setting fits with sp = 8
+    assert M.largest_fitting(shape, replace(base, prompts_per_gpu=1 / 8)) > best  # one video per SP group
+    before = replace(base, frames=3600, vision_chunk=1 << 60, cache_bytes=4)  # all patches at once, fp32 cache
+    assert not M.plan(shape, before)["fits"] and M.plan(shape, before)["bottleneck"] == "encode"
     with pytest.raises(ValueError, match="divide"):
         M.Setup(gpus=8, sp=3)
     M.main(["--frames", "1024", "--sp", "8"])
@@ -107,6 +115,14 @@ def test_largest_fitting_and_cli(capsys):
     assert "8.29B parameters" in out and "kv_cache" in out and "peak" in out
     M.main(["--table", "--frames", "64", "3600"])
     assert "max frames" in capsys.readouterr().out
+
+
+def test_vision_chunk_is_the_models():
+    from minirl.model import VISION_CHUNK
+
+    assert M.Setup().vision_chunk == VISION_CHUNK
+    big = M.plan(TOY, replace(SETUP, frames=100, vision_chunk=10))["terms"]
+    assert big["vision_activations"] == 10 * (6 * 2 + 3 * 3) * 4 and big["video_pixels"] == 100 * 2 * 4
 
 
 def test_kv_waves_by_hand():

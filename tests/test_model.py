@@ -229,3 +229,16 @@ def test_naive_generate_equals_transformers_greedy(tiny_dir, mp4_path):
     tokens, logprobs = generate(model, embeds, positions, max_new_tokens=12, greedy=True)
     assert tokens == expected
     assert all(lp <= 0 for lp in logprobs)
+
+
+def test_encode_video_in_runs_of_temporal_groups(tiny_dir):
+    """Without grad a long video goes through the vision tower in runs of whole temporal groups: the
+    tower's attention never crosses a group, so the embeddings equal one call's."""
+    model = load_model(tiny_dir)
+    v = model.visual.config
+    grid = torch.tensor([[6, 4, 6], [3, 2, 4]])  # two videos: 144 + 24 patches
+    pixels = torch.randn(int(grid.prod(1).sum()), v.in_channels * v.temporal_patch_size * v.patch_size**2)
+    with torch.no_grad():
+        whole = model.encode_video(pixels, grid, max_patches=10**9)
+        for max_patches in (1, 24, 50, 100):  # one group per run (a group alone is larger), 1, 2, 4 groups
+            assert (model.encode_video(pixels, grid, max_patches=max_patches) - whole).abs().max() <= 1e-6
