@@ -5,6 +5,8 @@ share it:
 
 1. `parallel_encode`: the video's temporal patch groups are split across the SP ranks, each
    rank runs the vision tower on its share, an all-gather gives every rank all the embeddings.
+   A rank receives only its share's pixel rows, from the rank that decoded the video
+   (`fetch_video_rows`): the frames cross the network once, in pieces, never as whole videos.
    Qwen2.5-VL's vision tower attends only inside one temporal group (its `cu_seqlens` are
    h*w per group and its attention windows are cut per group too), so the split is exact.
 2. `sp_token_logprobs`: the embedded sequence is padded to a multiple of sp and cut along the
