@@ -237,7 +237,9 @@ def plan(shape: Shape, s: Setup) -> dict:
         + t["fsdp_workspace"],
     }
     peak = sum(t[k] for k in persistent) + max(phases.values())
-    return dict(terms=t, phases=phases, peak=peak, prompt_tokens=prompt,
+    # what a step allocates on top of what it starts with: gradients are freed after each optimizer step
+    step_added = max(*phases.values(), phases["update"] + t["fsdp_grads"])
+    return dict(terms=t, phases=phases, peak=peak, prompt_tokens=prompt, step_added=step_added,
                 fits=peak <= (s.gpu_gib - s.reserve_gib) * GIB, bottleneck=max(phases, key=phases.get))
 
 
