@@ -110,10 +110,15 @@ class Shape:
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
 
     def layer_activation_bytes(self, cb: int, sp: int) -> int:
-        """Bytes autograd keeps per token for one `Block` (see the module docstring)."""
+        """Bytes autograd keeps per token for one `Block` (see the module docstring); equal to what
+        `saved_tensors_hooks` count for one Block under SDPA (tests/test_memplan.py)."""
         h, q, kv, f = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.ffn
-        norm = 4 * h + 2 * h * cb  # fp32 copy of the input, the normalised input cast back, the scaled output
-        attention = (q + 2 * kv) * cb + q * cb + (q * cb if sp > 1 else 0)  # q k v, output, o_proj input
+        # the input's fp32 copy (the input itself in fp32), the normalised input cast back, the scaled
+        # output, the fp32 rsqrt
+        norm = 4 * h + 2 * h * cb + 4
+        # q k v after RoPE, the output (also o_proj's input, except under Ulysses: the all-to-all's
+        # output is a new tensor), the fp32 log-sum-exp per head
+        attention = (q + 2 * kv) * cb + q * cb + (q * cb if sp > 1 else 0) + 4 * self.heads
         return 2 * norm + attention + 4 * f * cb  # gate, silu(gate), up, their product
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig
 
 from minirl import memplan as M
-from minirl.model import QwenVL
+from minirl.model import Block, QwenVL, load_model, sdpa_attention
 
 # A shape small enough to count by hand: head_dim 2, one KV head of 2, patches of 2 values.
 TOY = M.Shape(hidden=4, ffn=6, layers=2, heads=2, kv_heads=1, vocab=10, tied=False, v_hidden=2, v_ffn=3,
@@ -25,10 +25,10 @@ def test_toy_counts_by_hand():
     # merger: ln 2, 2x2 linear + 2, 2x4 linear + 4
     assert TOY.vision_params() == 4 + 54 + 2 + 6 + 12 == 78
     assert TOY.kv_bytes_per_token(2) == 2 * 2 * 1 * 2 * 2 == 16  # k and v, 2 layers, 1 head of 2, bf16
-    # per token and layer: 2 norms of (4h fp32 + 2h bf16 + ... ) = 2 * 32, q k v (4+2+2)*2, attention
-    # output 4*2 (+ o_proj input 4*2 under SP), SwiGLU 4 * 6 * 2
-    assert TOY.layer_activation_bytes(2, sp=1) == 64 + 16 + 8 + 48 == 136
-    assert TOY.layer_activation_bytes(2, sp=2) == 144
+    # per token and layer: 2 norms of (4h fp32 + 2h bf16 + 2h bf16 + 4) = 2 * 36, q k v (4+2+2)*2, attention
+    # output 4*2 (+ o_proj input 4*2 under SP), log-sum-exp 2 heads * 4, SwiGLU 4 * 6 * 2
+    assert TOY.layer_activation_bytes(2, sp=1) == 72 + 16 + 8 + 8 + 48 == 152
+    assert TOY.layer_activation_bytes(2, sp=2) == 160
 
 
 def test_toy_plan_by_hand():
@@ -41,13 +41,14 @@ def test_toy_plan_by_hand():
     assert t["video_pixels"] == 4 * 2 * 4 and t["vision_activations"] == 4 * (6 * 2 + 3 * 3) * 4
     assert t["embedding_cache"] == 2 * 4 * 4 * 2  # both videos of the SP group, 4 tokens of 4, bf16
     assert t["kv_cache"] == (6 + 2 * 3) * 16  # one prompt cache (4 video + 2 text) + 2 responses of 3
-    # update: (6 + 3) tokens over sp 2 -> 5 per GPU; no checkpointing: 2 layers * 144 + widest grad 2 * 6 * 2
-    assert t["update_activations"] == 5 * (2 * 144 + 24) == 1560
+    # update: (6 + 3) tokens over sp 2 -> 5 per GPU; no checkpointing: 2 layers * 160 + widest grad 2 * 6 * 2
+    assert t["update_activations"] == 5 * (2 * 160 + 24) == 1720
     assert t["attention_scores"] == 0  # flash
     assert t["logits"] == 2 * 10 * 14  # ceil(3 / 2) response rows, vocab 10, 2 + 12 bytes
     assert t["fsdp_workspace"] == 136 * (2 * 2 + 4)
-    assert p["phases"] == dict(sync=1736, encode=32 + 336 + 64, rollout=64 + 192, update=64 + 1560 + 280 + 1088)
-    assert p["peak"] == 712 + 712 + 1424 + 312 + 868 + 868 + 2992 == 7888 and p["bottleneck"] == "update"
+    assert p["phases"] == dict(sync=1736, encode=32 + 336 + 64, rollout=64 + 192, update=64 + 1720 + 280 + 1088)
+    assert p["peak"] == 712 + 712 + 1424 + 312 + 868 + 868 + 3152 == 8048 and p["bottleneck"] == "update"
+    assert p["step_added"] == 3152 + 712  # the update and the gradients it allocates
 
 
 def test_toy_variants_by_hand():
@@ -55,13 +56,13 @@ def test_toy_variants_by_hand():
     assert naive["video_pixels"] == 4 * 2 * 4  # its own whole video: the same bytes as half of two
     assert naive["embedding_cache"] == 4 * 4 * 2  # its own video only
     assert naive["kv_cache"] == (2 * 6 + 2 * 3) * 16  # n prompt copies
-    assert naive["update_activations"] == 9 * (2 * 136 + 24)  # the whole sequence
+    assert naive["update_activations"] == 9 * (2 * 152 + 24)  # the whole sequence
     shared = M.plan(TOY, replace(SETUP, shared_prefix=True, micro_batch=2))["terms"]
-    assert shared["update_activations"] == 6 * (2 * 144 + 24)  # [prompt | r1 | r2] = 12 tokens over 2
+    assert shared["update_activations"] == 6 * (2 * 160 + 24)  # [prompt | r1 | r2] = 12 tokens over 2
     unshared = M.plan(TOY, replace(SETUP, micro_batch=2))["terms"]
-    assert unshared["update_activations"] == 2 * 5 * (2 * 144 + 24)  # 2 rows of 9 tokens over 2
+    assert unshared["update_activations"] == 2 * 5 * (2 * 160 + 24)  # 2 rows of 9 tokens over 2
     ckpt = M.plan(TOY, replace(SETUP, grad_ckpt=True))["terms"]
-    assert ckpt["update_activations"] == 5 * (2 * 4 * 2 + 144 + 24)  # 2 block inputs + one block recomputed
+    assert ckpt["update_activations"] == 5 * (2 * 4 * 2 + 160 + 24)  # 2 block inputs + one block recomputed
     math = M.plan(TOY, replace(SETUP, attention="math"))["terms"]
     assert math["attention_scores"] == (2 + 1) * (1 * 9 * 9 * 4)  # 1 head per GPU, 9 x 9, 2 layers saved + live
     fixed = M.plan(TOY, replace(SETUP, sharded_ref=True, streamed_sync=True))["terms"]
@@ -72,6 +73,27 @@ def test_toy_variants_by_hand():
     paper = M.plan(TOY, replace(SETUP, prompts_per_gpu=0.5))["terms"]  # one video per SP group of 2
     assert paper["embedding_cache"] == 4 * 4 * 2 and paper["video_pixels"] == 2 * 2 * 4
     assert paper["kv_cache"] == (6 + 0.5 * 2 * 3) * 16  # the prompt's cache, half of its samples
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_activations_equal_what_autograd_saves(tiny_dir, dtype):
+    """`layer_activation_bytes` against the storages autograd keeps for one Block under SDPA (sp = 1),
+    counted with saved_tensors_hooks; RoPE's cos/sin are shared by all layers and left out."""
+    config = load_model(tiny_dir).config
+    block, L = Block(config, 0).to(dtype), 64
+    x = torch.randn(1, L, config.hidden_size, dtype=dtype, requires_grad=True)
+    cos, sin = (torch.randn(1, L, config.head_dim, dtype=dtype) for _ in range(2))
+    skip = {t.untyped_storage().data_ptr() for t in [cos, sin, *block.parameters()]}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in skip:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x, cos, sin, sdpa_attention)
+    assert sum(saved.values()) == L * M.load_shape(str(tiny_dir)).layer_activation_bytes(dtype.itemsize, sp=1)
 
 
 def count(model):
