@@ -530,7 +530,7 @@ def plan_validate(checks=PLAN_CHECKS, json_path=None):
                               text_tokens=run["prompt_tokens"] - run["video_tokens"], n=args.n,
                               response=args.new_tokens, prompts_per_gpu=1, grad_ckpt=False, ulysses=sp_ > 1,
                               shared_prefix=variant == "shared", micro_batch=args.n // 2 if variant == "shared" else 1,
-                              kl=True, compute_bytes=4)
+                              kl=True, compute_bytes=4, host_is_device=True)
         predicted = memplan.plan(shape, setup)["step_added"] / 2**20
         rows.append(dict(variant=variant, frames=frames, prompt_tokens=run["prompt_tokens"], plan_mb=predicted,
                          measured_mb=run["peak_mb"], ratio=predicted / run["peak_mb"]))

@@ -44,7 +44,10 @@ base allocates (not of an ideal system), named after the code that allocates it:
   (logits, fp32 log-softmax, its gradient, the logits' gradient).
 
 The peak is the persistent terms plus the largest phase (sync, encode, rollout, update): phases run
-one after another and free their tensors. Left out, and why: the CUDA context and NCCL buffers
+one after another and free their tensors. `step_added` is what a step allocates on top of what it
+starts with (the largest phase, the update with the gradients it allocates), the figure
+`python bench.py plan --validate` measures on CPU, where `host_is_device` also counts the decoded
+pixels the step holds (on a GPU they stay in host memory). Left out, and why: the CUDA context and NCCL buffers
 (a fixed `reserve_gib` is subtracted from the card instead), allocator fragmentation, the text
 tokens of the prompt beyond `text_tokens`, activations of the prefill chunks and of decoding
 (prefill_chunk x one block, small next to the cache).
@@ -177,6 +180,7 @@ class Setup:
     cache_bytes: int = 0  # bytes per embedding-cache value (0: the compute dtype's, as Trainer.encode casts)
     sharded_ref: bool = True  # the reference decoder sharded over the GPUs (False: a full replica, before issue 13)
     streamed_sync: bool = True  # weight sync one tensor at a time (False: the whole fp32 model, before issue 13)
+    host_is_device: bool = False  # CPU runs: the decoded pixels of this rank's prompts, held by the step, count too
     gpu_gib: float = 80
     reserve_gib: float = 3  # CUDA context, NCCL buffers, fragmentation: not planned, subtracted
 
@@ -241,6 +245,9 @@ def plan(shape: Shape, s: Setup) -> dict:
         "update": t["embedding_cache"] + t["update_activations"] + t["attention_scores"] + t["logits"]
         + t["fsdp_workspace"],
     }
+    if s.host_is_device:  # the step keeps its prompts' decoded pixels (fp32) from decoding to its end
+        t["host_pixels"] = round(s.prompts_per_gpu * video * shape.merge**2) * shape.patch_values() * 4
+        phases = {k: v + t["host_pixels"] for k, v in phases.items()}
     peak = sum(t[k] for k in persistent) + max(phases.values())
     # what a step allocates on top of what it starts with: gradients are freed after each optimizer step
     step_added = max(*phases.values(), phases["update"] + t["fsdp_grads"])
