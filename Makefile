@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN ?= runs/demo
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean base
 
 $(VENV)/.installed: requirements.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(VENV)/.installed: requirements.txt
 
 demo: $(VENV)/.installed
 	$(PY) demo.py --out $(RUN)
+
+# Rebuilds the shipped perception base models/base (about an hour on 2 cores; see demo.py BASE_RECIPE).
+base: $(VENV)/.installed
+	$(PY) demo.py --pretrain-base models/base --out runs/base
 
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests

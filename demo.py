@@ -2,8 +2,8 @@
 
 1. write the synthetic long-video benchmark (real mp4s + jsonl), its training questions split
    1/3 for SFT and 2/3 for RL as in the paper                           minirl/synth.py
-2. start from the shipped perception base (models/base: a tiny Qwen2.5-VL pretrained to caption
-   the benchmark's videos, see `--pretrain-base`) and evaluate it      eval.py
+2. start from the perception base models/base when there is one (a tiny Qwen2.5-VL pretrained to
+   caption synthetic videos, see `--pretrain-base`), else from a random tiny model; evaluate it
 3. CoT-SFT with `torchrun --nproc_per_node 2` (sp = 2)                 train_sft.py
 4. evaluate (with the video-ablation control), then curate the RL questions: keep those the SFT
    model answers right sometimes but not always                        eval.py --curate
@@ -12,7 +12,7 @@
 
 Every step is a command printed before it runs, so any of them can be re-run by hand.
 `--quick` shrinks everything to a smoke test of the pipeline (it does not learn).
-`--pretrain-base DIR` runs the recipe that made models/base instead (see BASE_RECIPE).
+`--pretrain-base DIR` runs the perception-base recipe instead (see BASE_RECIPE).
 """
 
 import argparse
@@ -48,14 +48,17 @@ QUICK = dict(
     rl=dict(steps=2, batch_size=2, n=2, lr=1e-4, max_new_tokens=8, temperature=1.0, eval_every=1, eval_examples=4),
     eval_max_new_tokens=8,
 )
-# How models/base was made (`python demo.py --pretrain-base models/base`): a tiny Qwen2.5-VL with
-# a small M-RoPE theta (so height and width get usable rotary frequencies), its vision tower
-# trained, taught by train_sft.py to caption freshly generated benchmark videos: every event the
-# sampled frames show, in time order, with its place. No benchmark question is in this data.
+# The perception-base recipe under study (`python demo.py --pretrain-base DIR`, `make base`): a tiny
+# Qwen2.5-VL with a small M-RoPE theta (so height and width get usable rotary frequencies), its
+# vision tower trained, taught by train_sft.py to caption dense videos (1-3 long events: every
+# event the sampled frames show, in time order, with its place), in stages of falling lr. No
+# benchmark question is in this data. README ("What make demo shows") has what it reaches so far:
+# not yet enough to ship, so models/base is absent and the demo starts from a random model.
 BASE_RECIPE = dict(
-    synth=dict(train=4000, test=100, frames=128, size=56, captions=32),
+    synth=dict(train=2000, test=100, frames=128, size=56, captions=32),
     rope_theta=3.0,
-    sft=dict(steps=1500, batch_size=16, micro_batch_size=16, lr=3e-3, warmup_steps=20),
+    stages=[dict(steps=700, lr=3e-3, warmup_steps=20), dict(steps=300, lr=1e-3, warmup_steps=0)],
+    batch_size=16,
 )
 
 
@@ -105,42 +108,34 @@ def split_train(data: Path) -> tuple[Path, Path]:
     return paths
 
 
-def sft_args(recipe: dict, model: Path, train: Path, frames: int, out: Path, **extra) -> dict:
-    s = recipe["sft"]
+def sft_args(sft: dict, model: Path, train: Path, frames: int, out: Path, **extra) -> dict:
     return {"model.path": model, "data.train": train, "data.frames": frames, "parallel.sp": 2,
-            "run.tensorboard": "false", "optim.steps": s["steps"], "optim.batch_size": s["batch_size"],
-            "optim.micro_batch_size": s["micro_batch_size"], "optim.lr": s["lr"],
-            "optim.warmup_steps": s["warmup_steps"], "run.out": out, **extra}
+            "run.tensorboard": "false", "optim.steps": sft["steps"], "optim.batch_size": sft["batch_size"],
+            "optim.micro_batch_size": sft["micro_batch_size"], "optim.lr": sft["lr"],
+            "optim.warmup_steps": sft["warmup_steps"], "run.out": out, **extra}
 
 
 def pretrain_base(dest: Path, work: Path):
-    """Rebuild models/base: captioning data (dense and sparse videos, mixed), a random tiny model
-    with BASE_RECIPE's rope_theta, then train_sft.py on the captions with the vision tower trained."""
+    """Run BASE_RECIPE: dense captioning data, a random tiny model, train_sft.py stage by stage."""
     b = BASE_RECIPE
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    data, init = work / "data", work / "init"
+    data, model = work / "data", work / "init"
     s = b["synth"]
-    for kind, seed in (("dense", 1000), ("sparse", 1001)):  # the curriculum's two ends, one dataset
-        if not (data / kind / "test.jsonl").exists():
-            run([sys.executable, "-m", "minirl.synth", "--out", data / kind, "--train", s["train"] // 2,
-                 "--test", s["test"], "--frames", s["frames"], "--size", s["size"], "--captions", s["captions"],
-                 "--seed", seed, *(["--dense"] if kind == "dense" else [])], work / f"logs/synth-{kind}.log")
-    for split, kinds in (("train", ("dense", "sparse")), ("test", ("sparse",))):
-        with open(data / f"{split}.jsonl", "w") as f:
-            for kind in kinds:
-                for line in (data / kind / f"{split}.jsonl").read_text().splitlines():
-                    row = json.loads(line)
-                    row["videos"] = [f"{kind}/{v}" for v in row["videos"]]
-                    f.write(json.dumps(row) + "\n")
-    if not (init / "config.json").exists():
-        run([sys.executable, "-m", "minirl.tiny", "--out", init, "--rope-theta", b["rope_theta"]],
+    if not (data / "test.jsonl").exists():
+        run([sys.executable, "-m", "minirl.synth", "--out", data, "--train", s["train"], "--test", s["test"],
+             "--frames", s["frames"], "--size", s["size"], "--captions", s["captions"], "--dense", "--seed", 1000],
+            work / "logs/synth.log")
+    if not (model / "config.json").exists():
+        run([sys.executable, "-m", "minirl.tiny", "--out", model, "--rope-theta", b["rope_theta"]],
             work / "logs/model.log")
-    torchrun("train_sft.py", sft_args(b, init, data / "train.jsonl", s["captions"], work / "sft",
-                                      **{"model.train_vision": "true", "data.test": data / "test.jsonl",
-                                         "eval.max_new_tokens": 96, "run.save_every": 250}),
-             work / "logs/sft.log")
+    for i, stage in enumerate(b["stages"]):
+        sft = {**stage, "batch_size": b["batch_size"], "micro_batch_size": b["batch_size"]}
+        torchrun("train_sft.py", sft_args(sft, model, data / "train.jsonl", s["captions"], work / f"stage{i}",
+                                          **{"model.train_vision": "true", "run.seed": i}),
+                 work / f"logs/stage{i}.log")
+        model = work / f"stage{i}" / "hf"
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(work / "sft" / "hf", dest)
+    shutil.copytree(model, dest)
     print(f"wrote the perception base to {dest}")
 
 
@@ -197,20 +192,27 @@ def main():
         return
     recipe = QUICK if args.quick else RECIPE
     data, base, py = out / "data", Path(args.base).resolve(), sys.executable
-    if not (base / "config.json").exists():
-        raise SystemExit(f"no perception base at {base}: rebuild it with `python demo.py --pretrain-base {base}`")
 
     if not (data / "test.jsonl").exists():
         s = recipe["synth"]
         run([py, "-m", "minirl.synth", "--out", data, "--train", s["train"], "--test", s["test"],
              "--frames", s["frames"], "--size", s["size"], "--per-video", s["per_video"], "--no-timestamps"],
             out / "logs/synth.log")
+    base_name = "perception base"
+    if not (base / "config.json").exists():
+        # No perception base in this checkout (README, "What make demo shows"): start from a random
+        # tiny Qwen2.5-VL, as a user without a pretrained checkpoint would.
+        print(f"no perception base at {base}: starting from a random tiny model (see README)")
+        base, base_name = out / "model", "random init"
+        if not (base / "config.json").exists():
+            run([py, "-m", "minirl.tiny", "--out", base, "--corpus", data / "train.jsonl"], out / "logs/model.log")
     sft_train, rl_train = split_train(data)
     frames, seed = recipe["frames"], {"run.seed": args.seed}
 
-    tables = {"base (captioning only)": evaluate(base, data, frames, out, recipe)}
+    tables = {base_name: evaluate(base, data, frames, out, recipe)}
     if not (out / "sft/hf/config.json").exists():
-        torchrun("train_sft.py", sft_args(recipe, base, sft_train, frames, out / "sft", **seed), out / "logs/sft.log")
+        torchrun("train_sft.py", sft_args(recipe["sft"], base, sft_train, frames, out / "sft", **seed),
+                 out / "logs/sft.log")
     tables["SFT"] = evaluate(out / "sft/hf", data, frames, out, recipe)
     tables["SFT, video ablated"] = evaluate(out / "sft/hf", data, frames, out, recipe, ablation=True)
 
@@ -222,9 +224,13 @@ def main():
              "--batch-size", 16, "--out", out / "curate.predictions.jsonl", "--curate", curated],
             out / "logs/curate.log")
     kept = sum(1 for x in curated.read_text().splitlines() if x.strip())
+    r = recipe["rl"]
+    rl_data = curated
+    if kept < r["batch_size"]:  # said, never hidden: too few questions with diverse answers to filter by
+        print(f"curation kept {kept} questions, fewer than one RL batch: RL uses the whole RL split")
+        rl_data = rl_train
     if not (out / "rl/hf/config.json").exists():
-        r = recipe["rl"]
-        torchrun("train_rl.py", {"model.path": out / "sft/hf", "data.train": curated, "data.frames": frames,
+        torchrun("train_rl.py", {"model.path": out / "sft/hf", "data.train": rl_data, "data.frames": frames,
                                  "data.test": data / "test.jsonl", "eval.every": r["eval_every"],
                                  "eval.max_examples": r["eval_examples"],
                                  "eval.max_new_tokens": recipe["eval_max_new_tokens"], "parallel.sp": 2,

@@ -8,6 +8,7 @@ quadrant, count), with the real video and with every video swapped for another's
 
     python studies/perception.py --theta 10000 --steps 600            # the default config
     python studies/perception.py --theta 3 --train-vision --steps 600 # one lever at a time
+    python studies/perception.py --eval-only models/base [--long-events 3]  # a trained checkpoint
 """
 
 import argparse
@@ -59,8 +60,11 @@ def long_events(rng, num_frames, max_events):
     return events
 
 
-def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, max_events=0):
-    events = long_events(rng, total_frames, max_events) if max_events else synth.make_events(rng, total_frames)
+def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, max_events=0, synth_dense=False):
+    if synth_dense:  # synth's dense captioning videos (1-3 long events, one of them moving)
+        events = synth.make_events(rng, total_frames, dense=True)
+    else:
+        events = long_events(rng, total_frames, max_events) if max_events else synth.make_events(rng, total_frames)
     k = rng.choice(frames_choices)
     indices = uniform_indices(total_frames, k)
     frames = np.stack([synth.render(events, int(f), size) for f in indices])
@@ -140,11 +144,21 @@ def main():
     ap.add_argument("--test-videos", type=int, default=200)
     ap.add_argument("--long-events", type=int, default=0,
                     help="N > 0: 1..N events, each filling most of its time slot (dense), instead of the benchmark's")
+    ap.add_argument("--synth-dense", action="store_true", help="synth.make_events(dense=True) videos")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--save", default="", help="write the trained checkpoint here")
     ap.add_argument("--json", default="")
+    ap.add_argument("--eval-only", default="", help="only evaluate this checkpoint (its own processor)")
     args = ap.parse_args()
+    if args.eval_only:
+        from transformers import AutoProcessor
+
+        model, processor = load_model(args.eval_only), AutoProcessor.from_pretrained(args.eval_only)
+        test = [make_item(random.Random("study/test"), processor, [int(f) for f in args.frames.split(",")],
+                          max_events=args.long_events) for _ in range(args.test_videos)]
+        print(json.dumps(dict(video=evaluate(model, test, False), ablated=evaluate(model, test, True))))
+        return
     torch.manual_seed(args.seed)
     frames = [int(f) for f in args.frames.split(",")]
     t0 = time.perf_counter()
@@ -169,9 +183,10 @@ def main():
     model.visual.requires_grad_(args.train_vision)
 
     rng = random.Random(f"study/{args.seed}")
-    train = [make_item(rng, processor, frames, max_events=args.long_events) for _ in range(args.train_videos)]
+    kw = dict(max_events=args.long_events, synth_dense=args.synth_dense)
+    train = [make_item(rng, processor, frames, **kw) for _ in range(args.train_videos)]
     test_rng = random.Random("study/test")
-    test = [make_item(test_rng, processor, frames, max_events=args.long_events) for _ in range(args.test_videos)]
+    test = [make_item(test_rng, processor, frames, **kw) for _ in range(args.test_videos)]
     print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -114,3 +114,21 @@ def test_merge_shards():
     assert ev.merge_shards([[0, 2, 4], [1, 3]]) == [0, 1, 2, 3, 4]
     assert ev.merge_shards([[0, 3], [1], [2]]) == [0, 1, 2, 3]
     assert ev.merge_shards([[]]) == []
+
+
+def test_video_ablation_gives_every_question_another_video(bench):
+    examples = load_jsonl(bench)
+    swapped = ev.swap_videos(examples)
+    assert [e.problem for e in swapped] == [e.problem for e in examples]
+    assert all(a.video != b.video for a, b in zip(examples, swapped, strict=True))
+    assert sorted(map(str, (e.video for e in swapped))) == sorted(map(str, (e.video for e in examples)))
+
+
+def test_curate_keeps_only_questions_with_diverse_answers(bench, tmp_path):
+    examples = load_jsonl(bench)[:4]
+    records = [dict(error=None, accuracy=a) for a in ([1, 1], [0, 1], [0, 0], [1, 0, 0, 0])]
+    kept = ev.curate(examples, records, tmp_path / "kept.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert kept == 2 and [r["id"] for r in rows] == [examples[1].id, examples[3].id]
+    assert [r["pass_rate"] for r in rows] == [0.5, 0.25]
+    assert load_jsonl(tmp_path / "kept.jsonl")[0].video == examples[1].video  # absolute paths resolve anywhere

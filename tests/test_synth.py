@@ -195,3 +195,26 @@ def test_corpus_covers_questions_options_and_prompt():
     joined = "\n".join(texts)
     for word in ("<think>", "<answer>", "top-left", "How many shapes", "So the answer is", "yellow circle"):
         assert word in joined
+
+
+def test_captions_name_exactly_the_events_the_sampled_frames_show():
+    _, rows = synth.make_split("train", 40, 128, 8, 1, seed=0, captions=16)
+    for row in rows:
+        indices = uniform_indices(128, 16).tolist()
+        shown = [e for e in row["events"] if any(synth.on_screen(e, f) for f in indices)]
+        text = row["reasoning"]
+        assert row["answer"] == str(len(shown)) and text.endswith(f"{len(shown)} in total.")
+        at = [text.index(f"the {synth.name(e)} at the {e['pos']}") for e in shown]
+        assert at == sorted(at)  # in time order
+        hidden = [e for e in row["events"] if e not in shown]
+        assert not any(synth.name(e) in text for e in hidden)
+    assert any(len(r["events"]) > int(r["answer"]) for r in rows)  # 16 of 128 frames miss some events
+
+
+def test_dense_videos_have_few_long_events():
+    _, rows = synth.make_split("train", 50, 128, 8, 1, seed=0, captions=32, dense=True)
+    for row in rows:
+        events = row["events"]
+        slot = 128 // len(events)
+        assert 1 <= len(events) <= 3 and all(e["frames"] >= slot // 2 for e in events)
+        assert row["answer"] == str(len(events))  # every long event is seen at 32 frames
