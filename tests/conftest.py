@@ -1,5 +1,7 @@
 """Shared fixtures: tiny checkpoints built from real transformers configs, and real mp4 files."""
 
+import multiprocessing
+import os
 import socket
 
 import av
@@ -17,6 +19,15 @@ CORPUS = [
 
 # An odd config: one KV head, head_dim 24, tied embeddings, 3 vision heads.
 ODD = dict(hidden=72, layers=3, heads=3, kv_heads=1, ffn=100, v_hidden=48, v_depth=3, v_heads=2)
+
+
+# Worker processes start from a fork server that has imported these once (about 10 s of CPU for torch,
+# transformers and minirl): a fresh process per rank as with "spawn", without paying that import again for
+# every rank of every world. Names that fail to import are skipped by the fork server.
+START_METHOD = "forkserver"
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the fork server's torch reads it at import
+multiprocessing.set_forkserver_preload(["torch", "sp", "train_rl", "train_sft", "bench_mrsp", "test_train",
+                                        "test_sp", "test_shared_prefix", "test_bench_mrsp"])
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from bench_mrsp import MRSP_SIZE, _largest_within, qwen25_vl_7b_config, video_token_flops
 from minirl import synth
 from minirl.tiny import make_config, make_processor
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, START_METHOD
 
 
 def _rollouts(rank, model_dir, data_dir, out_file):
@@ -40,7 +40,7 @@ def _rollouts(rank, model_dir, data_dir, out_file):
 def test_naive_baseline_samples_what_the_cached_rollout_samples(tiny_dir, tmp_path):
     synth.generate(tmp_path, train=2, test=0, frames=64, size=56, fps=8, per_video=1)
     mp.start_processes(_rollouts, args=(str(tiny_dir), str(tmp_path), str(tmp_path / "out.pt")), nprocs=1,
-                       start_method="spawn")
+                       start_method=START_METHOD)
     out = torch.load(tmp_path / "out.pt", weights_only=False)
     assert out["encodes"] == (0, 2 * 3)  # cached: the trainer's encode; naive: once per rollout, on the copy
     assert [(s.prompt_index, s.tokens) for s in out["naive"]] == [(s.prompt_index, s.tokens) for s in out["cached"]]

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import free_port
+from conftest import START_METHOD, free_port
 from test_train import REWARD, max_diff, rl_args, run_rl
 
 import sp
@@ -199,7 +199,7 @@ def run(request, plans, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"sp{world}")
     torch.save(inputs, tmp / "plan.pt")
     mp.start_processes(_worker, args=(world, free_port(), str(tmp / "plan.pt"), str(tmp)), nprocs=world,
-                       start_method="spawn")
+                       start_method=START_METHOD)
     return world, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)], expected
 
 

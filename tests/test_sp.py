@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import START_METHOD, free_port
 from torch.distributed.device_mesh import init_device_mesh
 
 import sp
@@ -228,16 +228,8 @@ def run(request, plans, tmp_path_factory):
     inputs, expected = plans[MODEL_FOR_WORLD[world]]
     tmp = tmp_path_factory.mktemp(f"sp{world}")
     torch.save(inputs, tmp / "plan.pt")
-    previous = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' torch at import
-    try:
-        mp.start_processes(_worker, args=(world, free_port(), str(tmp / "plan.pt"), str(tmp)),
-                           nprocs=world, start_method="spawn")
-    finally:
-        if previous is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = previous
+    mp.start_processes(_worker, args=(world, free_port(), str(tmp / "plan.pt"), str(tmp)),
+                       nprocs=world, start_method=START_METHOD)  # one thread each: see conftest
     results = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
     return world, results, expected
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import START_METHOD, free_port
 
 from minirl import synth
 from minirl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -134,7 +134,7 @@ def _poison_update(trainer, nan_steps: dict[int, int]):
 def run_rl(world, argv, tmp_path, steps=1, task="steps", nan_steps=None):
     out_file = tmp_path / f"result-{world}-{task}-{free_port()}.pt"
     mp.start_processes(_rl_worker, args=(world, free_port(), argv, steps, str(out_file), task, nan_steps),
-                       nprocs=world, start_method="spawn")
+                       nprocs=world, start_method=START_METHOD)
     result = torch.load(out_file, weights_only=False)
     assert "error" not in result, result["error"]
     return result
@@ -293,7 +293,7 @@ def test_bad_videos_are_reported_never_substituted(setup, tmp_path):
     argv = rl_args(setup, tmp_path / "bad", **{"data.train": data / "train.jsonl", "data.bad_videos": "drop"})
     out_file = tmp_path / "bad.pt"
     mp.start_processes(_break_then_step, args=(argv, str(out_file), str(data / "videos/train")), nprocs=1,
-                       start_method="spawn")
+                       start_method=START_METHOD)
     error = torch.load(out_file, weights_only=False)["error"]
     assert error and "step 1" in error and "cannot use example" in error and ".mp4" in error, error
 
