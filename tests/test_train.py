@@ -315,13 +315,20 @@ def _break_then_step(rank, argv, out_file, video_dir):
     dist.destroy_process_group()
 
 
+def _sft_main(rank, argv):
+    _env(0, 1, 0)
+    import train_sft
+
+    train_sft.main(argv)
+
+
 def test_sft_lowers_the_loss(setup, tmp_path):
+    """train_sft.main in one worker process (its command line runs under torchrun below)."""
     out = tmp_path / "sft"
-    cmd = [sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(setup / "model"),
-           "--data.train", str(setup / "data/train.jsonl"), "--data.frames", "8", "--optim.steps", "10",
-           "--optim.batch_size", "4", "--optim.lr", "3e-3", "--optim.warmup_steps", "1", "--run.out", str(out),
-           "--run.tensorboard", "false"]
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    argv = ["--model.path", str(setup / "model"), "--data.train", str(setup / "data/train.jsonl"), "--data.frames",
+            "8", "--optim.steps", "10", "--optim.batch_size", "4", "--optim.lr", "3e-3", "--optim.warmup_steps", "1",
+            "--run.out", str(out), "--run.tensorboard", "false"]
+    mp.start_processes(_sft_main, args=(argv,), nprocs=1, start_method=START_METHOD)
     losses = [json.loads(line)["sft/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 10 and sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
 
