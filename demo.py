@@ -34,7 +34,7 @@ RECIPE = dict(
     frames=32,  # frames sampled per video for training and the main evaluation
     frame_scaling=[8, 16, 32, 64],
     sft=dict(steps=150, batch_size=16, micro_batch_size=8, lr=1e-3, warmup_steps=10),
-    curate=dict(n=8, temperature=1.0),
+    curate=dict(n=8, temperature=1.0, limit=400),  # RL draws 240 prompts: 400 candidates are plenty
     rl=dict(steps=30, batch_size=8, n=8, lr=2e-5, max_new_tokens=64, temperature=1.0, eval_every=10,
             eval_examples=100),
     eval_max_new_tokens=64,
@@ -44,7 +44,7 @@ QUICK = dict(
     frames=8,
     frame_scaling=[4, 8],
     sft=dict(steps=2, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1),
-    curate=dict(n=2, temperature=1.0),
+    curate=dict(n=2, temperature=1.0, limit=8),
     rl=dict(steps=2, batch_size=2, n=2, lr=1e-4, max_new_tokens=8, temperature=1.0, eval_every=1, eval_examples=4),
     eval_max_new_tokens=8,
 )
@@ -52,8 +52,8 @@ QUICK = dict(
 # Qwen2.5-VL with a small M-RoPE theta (so height and width get usable rotary frequencies), its
 # vision tower trained, taught by train_sft.py to caption dense videos (1-3 long events: every
 # event the sampled frames show, in time order, with its place), in stages of falling lr. No
-# benchmark question is in this data. README ("What make demo shows") has what it reaches so far:
-# not yet enough to ship, so models/base is absent and the demo starts from a random model.
+# benchmark question is in this data. README ("What make demo shows") has what the shipped base
+# reads (colour, row, count) and what not yet (shape, column, sparse events).
 BASE_RECIPE = dict(
     synth=dict(train=2000, test=100, frames=128, size=56, captions=32),
     rope_theta=3.0,
@@ -221,7 +221,8 @@ def main():
         c = recipe["curate"]
         run([py, "eval.py", "--model", out / "sft/hf", "--data", rl_train, "--frames", frames,
              "--n", c["n"], "--temperature", c["temperature"], "--max-new-tokens", recipe["eval_max_new_tokens"],
-             "--batch-size", 16, "--out", out / "curate.predictions.jsonl", "--curate", curated],
+             "--batch-size", 16, "--limit", c["limit"], "--out", out / "curate.predictions.jsonl",
+             "--curate", curated],
             out / "logs/curate.log")
     kept = sum(1 for x in curated.read_text().splitlines() if x.strip())
     r = recipe["rl"]
@@ -251,8 +252,8 @@ def main():
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     print_tables(tables, frames)
-    print(f"\nRL data: kept {kept} of {summary['rl_questions']} questions (0 < SFT pass rate < 1, "
-          f"{recipe['curate']['n']} samples each)")
+    print(f"\nRL data: kept {kept} of the first {recipe['curate']['limit']} of {summary['rl_questions']} RL "
+          f"questions (0 < SFT pass rate < 1 over {recipe['curate']['n']} samples)")
     print("Frame scaling (SFT + RL): " + "  ".join(f"{f} frames {100 * a:.1f}%" for f, a in scaling.items()))
     print(f"\nwritten: {out}/summary.json, plots {curves}, checkpoints {out}/sft and {out}/rl, logs {out}/logs "
           f"({minutes:.1f} min)")
