@@ -8,7 +8,7 @@ import decord
 import numpy as np
 import pytest
 
-from minirl import synth
+from minirl import oracle, synth
 from minirl.video import uniform_indices
 
 SMALL = dict(train=12, test=8, frames=64, size=28, fps=8, per_video=4)
@@ -133,12 +133,12 @@ def test_oracle_never_rules_out_the_truth_and_is_exact_with_all_frames(rows):
     for row in rows[:120]:
         truth = "ABCD".index(row["answer"])
         for k in (2, 8, 32, 128, 256):
-            assert truth in synth.oracle_candidates(row, uniform_indices(256, k)), (row["id"], k)
-        assert synth.oracle_candidates(row, np.arange(256)) == [truth]
+            assert truth in oracle.oracle_candidates(row, uniform_indices(256, k)), (row["id"], k)
+        assert oracle.oracle_candidates(row, np.arange(256)) == [truth]
 
 
 def test_oracle_accuracy_rises_with_frames(rows):
-    acc = {k: synth.oracle_accuracy(rows, k) for k in (8, 32, 64, None)}
+    acc = {k: oracle.oracle_accuracy(rows, k) for k in (8, 32, 64, None)}
     overall = [acc[k]["overall"] for k in (8, 32, 64, None)]
     assert overall == sorted(overall) and overall[0] < 0.4 and overall[2] < 0.8
     assert acc[None] == {c: 1.0 for c in (*synth.CATEGORIES, "overall")}
@@ -154,17 +154,17 @@ def test_oracle_uses_only_the_sampled_frames():
         dict(colour="yellow", shape="circle", start=70, frames=6, pos="bottom-right", to="top-left"),
     ]
     row = dict(events=events, num_frames=100, task=dict(kind="count", choices=[2, 3, 4, 5]))
-    assert synth.oracle_candidates(row, np.arange(100)) == [2]  # saw all four, nothing missed
-    assert synth.oracle_candidates(row, [10, 30, 50]) == [1, 2, 3]  # saw three, could have missed more
+    assert oracle.oracle_candidates(row, np.arange(100)) == [2]  # saw all four, nothing missed
+    assert oracle.oracle_candidates(row, [10, 30, 50]) == [1, 2, 3]  # saw three, could have missed more
     row["task"] = dict(kind="heading", subject=3, choices=list(synth.QUADRANTS))
-    assert synth.oracle_candidates(row, [72, 73]) == [0]  # two sightings give the direction
-    assert synth.oracle_candidates(row, [72]) == [0, 3]  # on the line between two quadrants
-    assert synth.oracle_candidates(row, [70]) == [0, 1, 2, 3]  # at a centre: its start or its goal?
-    assert synth.oracle_candidates(row, [75]) == [0, 1, 2, 3]
-    assert synth.oracle_candidates(row, [5]) == [0, 1, 2, 3]
+    assert oracle.oracle_candidates(row, [72, 73]) == [0]  # two sightings give the direction
+    assert oracle.oracle_candidates(row, [72]) == [0, 3]  # on the line between two quadrants
+    assert oracle.oracle_candidates(row, [70]) == [0, 1, 2, 3]  # at a centre: its start or its goal?
+    assert oracle.oracle_candidates(row, [75]) == [0, 1, 2, 3]
+    assert oracle.oracle_candidates(row, [5]) == [0, 1, 2, 3]
     row["task"] = dict(kind="mover", subject=3, choices=[0, 1, 2, 3])
-    assert synth.oracle_candidates(row, [72]) == [3]  # off a centre: it is the one moving
-    assert synth.oracle_candidates(row, [10, 11, 75]) == [1, 2, 3]  # the red square stood still
+    assert oracle.oracle_candidates(row, [72]) == [3]  # off a centre: it is the one moving
+    assert oracle.oracle_candidates(row, [10, 11, 75]) == [1, 2, 3]  # the red square stood still
 
 
 def test_report_and_cli(small, tmp_path, capsys):
