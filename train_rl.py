@@ -431,7 +431,7 @@ class Trainer:
                     micro = [seqs[i] for i in idx]
                     batch = self.micro_inputs(self.model, micro, items, cache, for_update=True)
                     logp, entropy = self.sp_logprobs(self.model, batch, with_entropy=True)  # (B, L) each
-                    mask = batch["targets"] != IGNORE_INDEX  # (B, L)
+                    mask = (batch["targets"] != IGNORE_INDEX).to(logp.device)  # (B, L)
                     old_logp = logp.detach() if old is None else scatter_like(logp, mask, [old[i] for i in idx])
                     ref_logp = None if ref is None else scatter_like(logp, mask, [ref[i] for i in idx])
                     adv = torch.tensor([s.advantage for s in micro], device=logp.device)

@@ -9,10 +9,20 @@ quadrant, count), with the real video and with every video swapped for another's
     python studies/perception.py --theta 10000 --steps 600            # the default config
     python studies/perception.py --theta 3 --train-vision --steps 600 # one lever at a time
     python studies/perception.py --eval-only models/base [--long-events 3]  # a trained checkpoint
+    python studies/perception.py --init models/base --sparse-fraction 0.5 --workers 14 --device cuda \
+        --steps 4000 --minutes 4 --save DIR                               # continue the base on fresh data
+
+--init continues a checkpoint (its own processor, synth's caption format "... N in total." that
+the base was taught); --workers N renders a fresh video for every item in N processes instead of
+reusing a fixed training set; --sparse-fraction mixes the benchmark's sparse videos among the
+dense ones; --minutes bounds the run, and the lr schedule then runs on whichever of steps and
+minutes ends first.
 """
 
 import argparse
+import itertools
 import json
+import os
 import random
 import sys
 import tempfile
@@ -60,8 +70,10 @@ def long_events(rng, num_frames, max_events):
     return events
 
 
-def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, max_events=0, synth_dense=False):
-    if synth_dense:  # synth's dense captioning videos (1-3 long events, one of them moving)
+def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, max_events=0, synth_dense=False,
+              sparse_fraction=0.0, synth_format=False):
+    """One captioning example: its prompt, target ids, the kind of every target word, its video."""
+    if synth_dense and rng.random() >= sparse_fraction:  # synth's dense videos (1-3 long events, one moving)
         events = synth.make_events(rng, total_frames, dense=True)
     else:
         events = long_events(rng, total_frames, max_events) if max_events else synth.make_events(rng, total_frames)
@@ -69,15 +81,33 @@ def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, 
     indices = uniform_indices(total_frames, k)
     frames = np.stack([synth.render(events, int(f), size) for f in indices])
     vision = process_video(processor, frames, k / (total_frames / fps))
-    text, n = caption(events, indices)
+    if synth_format:  # the base's own target: synth.caption_row, as train_sft.py saw it
+        row = synth.caption_row(events, k, total_frames)
+        text, answer = row["reasoning"], row["answer"]
+    else:
+        text, n = caption(events, indices)
+        answer = str(n)
     tokens = int(vision["video_grid_thw"].prod()) // 4
-    prompt = encode_prompt(processor, build_prompt("Describe the video."), tokens)
-    target = processor.tokenizer(build_target(text, str(n)), add_special_tokens=False)["input_ids"]
+    prompt = encode_prompt(processor, build_prompt(synth.CAPTION_PROMPT), tokens)
+    target = processor.tokenizer(build_target(text, answer), add_special_tokens=False)["input_ids"]
     kinds = []
     for t in target:
         word = processor.tokenizer.decode([t]).strip().strip(".,-")
         kinds.append(WORD_KIND.get(word, "count" if word.isdigit() else "other"))
     return dict(prompt=torch.tensor(prompt), target=torch.tensor(target), kinds=kinds, **vision)
+
+
+class FreshVideos(torch.utils.data.IterableDataset):
+    """An endless stream of freshly rendered examples, a different random stream per worker."""
+
+    def __init__(self, seed, processor, **item_kw):
+        self.seed, self.processor, self.item_kw = seed, processor, item_kw
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"study/{self.seed}/worker{info.id if info else 0}")
+        while True:
+            yield make_item(rng, self.processor, **self.item_kw)
 
 
 def batch_forward(model, items, video_from=None):
@@ -99,7 +129,7 @@ def batch_forward(model, items, video_from=None):
                                 torch.cat([v["video_grid_thw"] for v in vids]))
     mask = ids == model.config.video_token_id
     mask[:, max(len(it["prompt"]) for it in items):] = False
-    hidden = model(None, pos, input_ids=ids, video_embeds=embeds, video_mask=mask)
+    hidden = model(None, pos.to(model.device), input_ids=ids, video_embeds=embeds, video_mask=mask)
     logits = model.logits(hidden)  # (B, L, V)
     out = []
     for b, it in enumerate(items):
@@ -121,7 +151,7 @@ def evaluate(model, items, ablate: bool) -> dict:
             if ablate:
                 order = order[1:] + order[:1]  # each item sees its neighbour's video
             for it, logits in zip(batch, batch_forward(model, batch, order), strict=True):
-                pred = logits.argmax(-1)
+                pred = logits.argmax(-1).cpu()
                 for kind, ok in zip(it["kinds"], (pred == it["target"]).tolist(), strict=True):
                     hits[kind] = hits.get(kind, 0) + ok
                     counts[kind] = counts.get(kind, 0) + 1
@@ -136,39 +166,115 @@ def main():
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--tokens-per-second", type=float, default=2)
     ap.add_argument("--train-vision", action="store_true")
+    ap.add_argument("--init", default="", help="continue this checkpoint instead of a new model (vision trained)")
     ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes of training")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--frames", default="32", help="comma list of frame counts sampled per video")
-    ap.add_argument("--train-videos", type=int, default=2000)
+    ap.add_argument("--train-videos", type=int, default=2000, help="the fixed training set (without --workers)")
     ap.add_argument("--test-videos", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=0, help="N > 0: a fresh video per example, rendered by N processes")
     ap.add_argument("--long-events", type=int, default=0,
                     help="N > 0: 1..N events, each filling most of its time slot (dense), instead of the benchmark's")
     ap.add_argument("--synth-dense", action="store_true", help="synth.make_events(dense=True) videos")
+    ap.add_argument("--sparse-fraction", type=float, default=0.0,
+                    help="with --synth-dense: this fraction of the videos are the benchmark's sparse ones")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=200)
-    ap.add_argument("--save", default="", help="write the trained checkpoint here")
+    ap.add_argument("--save", default="", help="write the checkpoint here at every evaluation")
     ap.add_argument("--json", default="")
     ap.add_argument("--eval-only", default="", help="only evaluate this checkpoint (its own processor)")
     args = ap.parse_args()
-    if args.eval_only:
-        from transformers import AutoProcessor
+    frames = [int(f) for f in args.frames.split(",")]
+    from transformers import AutoProcessor
 
-        model, processor = load_model(args.eval_only), AutoProcessor.from_pretrained(args.eval_only)
-        test = [make_item(random.Random("study/test"), processor, [int(f) for f in args.frames.split(",")],
-                          max_events=args.long_events) for _ in range(args.test_videos)]
+    if args.eval_only:
+        model = load_model(args.eval_only, device=args.device)
+        processor = AutoProcessor.from_pretrained(args.eval_only)
+        test = [make_item(random.Random("study/test"), processor, frames, max_events=args.long_events)
+                for _ in range(args.test_videos)]
         print(json.dumps(dict(video=evaluate(model, test, False), ablated=evaluate(model, test, True))))
         return
     torch.manual_seed(args.seed)
-    frames = [int(f) for f in args.frames.split(",")]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers fork after the tokenizer ran
     t0 = time.perf_counter()
+    if args.init:
+        model, processor = load_model(args.init, device=args.device), AutoProcessor.from_pretrained(args.init)
+    else:
+        model, processor = new_model(args)
+        model = model.to(args.device)
+    model.train()
+    model.visual.requires_grad_(args.train_vision or bool(args.init))
 
+    item_kw = dict(frames_choices=frames, max_events=args.long_events, synth_dense=args.synth_dense,
+                   sparse_fraction=args.sparse_fraction, synth_format=bool(args.init))
+    rng = random.Random(f"study/{args.seed}")
+    if args.workers:
+        loader = torch.utils.data.DataLoader(FreshVideos(args.seed, processor, **item_kw), batch_size=args.batch,
+                                             num_workers=args.workers, collate_fn=list, prefetch_factor=4)
+        batches = iter(loader)
+    else:
+        train = [make_item(rng, processor, **item_kw) for _ in range(args.train_videos)]
+        batches = (rng.sample(train, args.batch) for _ in itertools.count())
+    tests = {}  # the held-out sets: dense and sparse apart when the training mixes them
+    kinds = {"": item_kw} if not args.sparse_fraction else {
+        "dense/": {**item_kw, "sparse_fraction": 0.0}, "sparse/": {**item_kw, "synth_dense": False}}
+    for tag, kw in kinds.items():
+        test_rng = random.Random(f"study/test{tag.rstrip('/')}")
+        tests[tag] = [make_item(test_rng, processor, **kw) for _ in range(args.test_videos)]
+    print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    history, t_train, step = [], time.perf_counter(), 0
+
+    def progress():  # the schedule's clock: steps, or the minutes when they end first
+        elapsed = (time.perf_counter() - t_train) / 60 / args.minutes if args.minutes else 0.0
+        return max(step / args.steps, elapsed)
+
+    def report():
+        row = dict(step=step, loss=round(loss.item(), 3), minutes=round((time.perf_counter() - t0) / 60, 1))
+        for tag, test in tests.items():
+            row[f"{tag}video"], row[f"{tag}ablated"] = evaluate(model, test, False), evaluate(model, test, True)
+        history.append(row)
+        print(json.dumps(row), flush=True)
+        if args.save:
+            from minirl.model import save_pretrained
+
+            save_pretrained(model, args.save)
+            processor.save_pretrained(args.save)
+
+    while progress() < 1:
+        for group in opt.param_groups:  # linear warm-up, then linear decay to a tenth
+            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup) * max(0.1, 1 - progress())
+        batch = next(batches)
+        logits = batch_forward(model, batch)
+        loss = F.cross_entropy(torch.cat(logits), torch.cat([it["target"] for it in batch]).to(model.device))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            print(f"step {step} loss {loss.item():.3f} ({time.perf_counter() - t_train:.0f}s)", flush=True)
+        if step % args.eval_every == 0:
+            report()
+    if not history or history[-1]["step"] != step:
+        report()
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(args=vars(args), history=history), indent=1))
+
+
+def new_model(args):
+    """A random tiny Qwen2.5-VL with this study's rope settings, and its processor."""
     corpus = tiny.default_corpus() + [caption(synth.make_events(random.Random(i), 128), range(128))[0]
                                       for i in range(200)]
     processor = tiny.make_processor(corpus)
     s = tiny.SIZES[args.size]
-    head_dim = s["hidden"] // s["heads"]
-    config = tiny.qwen_config(processor.tokenizer, **s, head_dim=head_dim,
+    config = tiny.qwen_config(processor.tokenizer, **s, head_dim=s["hidden"] // s["heads"],
                               tokens_per_second=args.tokens_per_second)
     rope = config.text_config.rope_parameters
     rope["rope_theta"] = args.theta
@@ -178,45 +284,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         Qwen2_5_VLForConditionalGeneration(config).save_pretrained(tmp)
-        model = load_model(tmp)
-    model.train()
-    model.visual.requires_grad_(args.train_vision)
-
-    rng = random.Random(f"study/{args.seed}")
-    kw = dict(max_events=args.long_events, synth_dense=args.synth_dense)
-    train = [make_item(rng, processor, frames, **kw) for _ in range(args.train_videos)]
-    test_rng = random.Random("study/test")
-    test = [make_item(test_rng, processor, frames, **kw) for _ in range(args.test_videos)]
-    print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / args.steps))
-    history = []
-    for step in range(args.steps):
-        batch = rng.sample(train, args.batch)
-        logits = batch_forward(model, batch)
-        loss = F.cross_entropy(torch.cat(logits), torch.cat([it["target"] for it in batch]))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if (step + 1) % 25 == 0:
-            print(f"step {step + 1} loss {loss.item():.3f}", flush=True)
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            row = dict(step=step + 1, loss=round(loss.item(), 3), video=evaluate(model, test, False),
-                       ablated=evaluate(model, test, True), minutes=round((time.perf_counter() - t0) / 60, 1))
-            history.append(row)
-            print(json.dumps(row), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(args=vars(args), history=history), indent=1))
-    if args.save:
-        from minirl.model import save_pretrained
-
-        save_pretrained(model, args.save)
-        processor.save_pretrained(args.save)
+        return load_model(tmp), processor
 
 
 if __name__ == "__main__":

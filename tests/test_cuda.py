@@ -1,6 +1,7 @@
 """GPU checks, run only where CUDA is present (skipped on CPU with the reason).
 
-Not yet run on a GPU: written so that the first run on one says whether the GPU path holds.
+Run once on one H200 (README, "On a GPU"): the first and last pass (the last after its first run
+found the update's loss mask left on the CPU); the nccl check needs 2 GPUs and has not run.
 - bf16 (flash-attn when importable, else SDPA) vs fp32 eager attention: logits and log-probs of the
   tiny model on a real video within 0.05 absolute (logits, whose largest is ~1, and log-probs; mean
   log-prob error 0.01). The same comparison on CPU (bf16 SDPA vs fp32) gives 0.008 (logits), 0.005
