@@ -5,11 +5,11 @@
     python bench.py shared  [--json PATH]   the shared prefix in training: an RL step with it on / off, and
                                             the update's saved activations per group, packed vs unpacked
     python bench.py plan    [--table ...]   the memory plan per GPU (minirl/memplan.py; no model is built)
-    python bench.py plan --validate [--json PATH]   the plan vs measured step peaks on CPU (bench_mrsp runs)
 
 Each subcommand builds its own tiny model (and synthetic videos) in a temporary directory, prints
 a table and, with --json, writes the same figures as JSON. A whole RL step, naive vs stage 1 vs
-stages 1+2 (+ shared prefix) vs frames, is bench_mrsp.py, which shares the helpers below.
+stages 1+2 (+ shared prefix) vs frames, is bench_mrsp.py, which shares the helpers below; the plan
+against measured steps, and an hour-long video, bench_plan.py.
 """
 
 import argparse
@@ -100,23 +100,6 @@ def timed(fn, device: torch.device):
             torch.cuda.synchronize(device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return result, seconds, cpu, mem.peak
-
-
-def saved_bytes(fn, model) -> tuple:
-    """(fn(), bytes of every distinct storage autograd keeps for backward while fn runs), through
-    `saved_tensors_hooks`, except the parameters, which exist before and after the step."""
-    existing = {t.untyped_storage().data_ptr() for t in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in existing:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = fn()
-    return result, sum(saved.values())
 
 
 def write_json(path, figures: dict):
@@ -299,8 +282,8 @@ def _sp_step(model, length: int, response: int, group, device):
     dist.barrier(group)
     with PeakMemory(device) as mem:
         start = time.perf_counter()
-        loss, saved = saved_bytes(lambda: -sp_token_logprobs(model, input_ids, None, positions, targets, group).sum(),
-                                  model)  # the input embeddings are made inside: not counted either
+        loss, saved = memplan.saved_bytes(  # the input embeddings are made inside: not counted either
+            lambda: -sp_token_logprobs(model, input_ids, None, positions, targets, group).sum(), model.parameters())
         loss.backward()
         seconds = time.perf_counter() - start
     return dict(saved_mb=saved / 2**20, peak_rss_mb=mem.peak / 2**20, seconds=seconds)
@@ -482,9 +465,11 @@ def bench_shared(args):
                      for j in range(k)]
         packed = build_packed_batch(model, [item], [prompt], [responses], [video])
         plain = build_micro_batch(model, [prompt] * k, responses, [video] * k, [item] * k)
-        _, a = saved_bytes(partial(sp_packed_logprobs, model, packed["packed"], packed["video_embeds"], group), model)
-        _, b = saved_bytes(partial(sp_token_logprobs, model, plain["input_ids"], plain["video_embeds"],
-                                   plain["positions"], plain["targets"], group, video_mask=plain["video_mask"]), model)
+        _, a = memplan.saved_bytes(partial(sp_packed_logprobs, model, packed["packed"], packed["video_embeds"], group),
+                                   model.parameters())
+        _, b = memplan.saved_bytes(partial(sp_token_logprobs, model, plain["input_ids"], plain["video_embeds"],
+                                           plain["positions"], plain["targets"], group, video_mask=plain["video_mask"]),
+                                   model.parameters())
         tokens = (P + k * (R - 1)) / (k * (P + R))
         saved.append(dict(k=k, packed_mb=a / 2**20, unpacked_mb=b / 2**20, ratio=a / b, token_ratio=tokens))
         print(f"{k:>3} {a / 2**20:>10.1f} {b / 2**20:>12.1f} {a / b:>7.3f} {tokens:>24.3f}")
@@ -499,53 +484,7 @@ def bench_shared(args):
 COMMANDS = {"rollout": (rollout_args, bench_rollout), "sp": (sp_args, bench_sp), "shared": (shared_args, bench_shared)}
 
 
-PLAN_CHECKS = [("stage1", 64), ("stage1", 512), ("stage1", 1024), ("stage1+2", 256), ("stage1+2", 1024),
-               ("shared", 1024)]  # sp 1 / 2, 64 - 1,024 frames, shared prefix off / on
-
-
-def plan_validate(checks=PLAN_CHECKS, json_path=None):
-    """The memory plan vs measured peaks on CPU: one `bench_mrsp` run per (variant, frames) (2 processes,
-    gloo, fp32; 1 warm-up, 1 timed and 1 memory step), its peak memory added per process in a step (the
-    resident set kept following the live tensors) against the plan's `step_added` for the same shapes (the
-    bench model's config.json, the measured prompt's token counts, n = 4, 16 new tokens, one prompt per
-    process, KL on, no gradient checkpointing, the CPU's flash SDPA)."""
-    import bench_mrsp as bm  # imports this file: import it late
-
-    args = argparse.Namespace(n=4, new_tokens=16, prompts=2, steps=1)
-    work = Path(tempfile.mkdtemp(prefix="minirl-plan-check-"))
-    synth.generate(work / "data", train=args.prompts, test=0, frames=max(64, *(f for _, f in checks)), size=56, fps=8,
-                   per_video=1)
-    model_dir = build_tiny_model(work / "model", synth.corpus(num_videos=32), size=bm.MRSP_SIZE, max_pixels=56**2)
-    shape = memplan.load_shape(str(model_dir))
-    os.environ["OMP_NUM_THREADS"] = "1"
-    mp.set_forkserver_preload(["train_rl"])
-    rows = []
-    print(f"{'variant':<9} {'frames':>6} {'tokens':>6} {'plan MB':>8} {'measured MB':>12} {'plan/measured':>14}")
-    for variant, frames in checks:
-        run = bm._mrsp_run(work, model_dir, variant, frames, args)
-        if "error" in run:
-            continue
-        sp_ = 1 if variant == "stage1" else 2
-        setup = memplan.Setup(gpus=2, sp=sp_, frames=frames, tokens_per_frame=run["video_tokens"] / frames,
-                              text_tokens=run["prompt_tokens"] - run["video_tokens"], n=args.n,
-                              response=args.new_tokens, prompts_per_gpu=1, grad_ckpt=False, ulysses=sp_ > 1,
-                              shared_prefix=variant == "shared", micro_batch=args.n // 2 if variant == "shared" else 1,
-                              kl=True, compute_bytes=4, host_is_device=True)
-        predicted = memplan.plan(shape, setup)["step_added"] / 2**20
-        rows.append(dict(variant=variant, frames=frames, prompt_tokens=run["prompt_tokens"], plan_mb=predicted,
-                         measured_mb=run["peak_mb"], ratio=predicted / run["peak_mb"]))
-        print(f"{variant:<9} {frames:>6} {run['prompt_tokens']:>6} {predicted:>8.1f} {run['peak_mb']:>12.1f} "
-              f"{predicted / run['peak_mb']:>14.2f}", flush=True)
-    within = sum(abs(r["ratio"] - 1) <= 0.25 for r in rows)
-    print(f"{within} of {len(rows)} within 25%")
-    if json_path:
-        write_json(json_path, dict(rows=rows, within_25_percent=within))
-    return rows
-
-
 def main():
-    if sys.argv[1:3] == ["plan", "--validate"]:  # measured: python bench.py plan --validate [--json PATH]
-        return plan_validate(json_path=sys.argv[4] if sys.argv[3:4] == ["--json"] else None)
     if sys.argv[1:2] == ["plan"]:  # a formula, not a measurement: its own options (python -m minirl.memplan -h)
         return memplan.main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

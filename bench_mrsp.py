@@ -260,8 +260,9 @@ def run_trainer(work: Path, name: str, variant: str, argv: list, steps: int, wor
     breakdown = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
     return dict(seconds=breakdown.pop("step"), cpu_s=breakdown.pop("cpu"), times_s=[s["step"] for s in steps],
                 breakdown_s=breakdown, peak_mb=max(r["peak_mb"] for r in ranks),
-                rss_after_mb=max(r["rss_mb"] for r in ranks), prompt_tokens=ranks[0]["prompt_tokens"],
-                video_tokens=ranks[0]["video_tokens"], run_wall_s=time.perf_counter() - start)
+                peak_mb_ranks=[r["peak_mb"] for r in ranks], rss_after_mb=max(r["rss_mb"] for r in ranks),
+                prompt_tokens=ranks[0]["prompt_tokens"], video_tokens=ranks[0]["video_tokens"],
+                run_wall_s=time.perf_counter() - start)
 
 
 def _mrsp_run(work: Path, model_dir: Path, variant: str, frames: int, args) -> dict:

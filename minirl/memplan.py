@@ -46,7 +46,7 @@ base allocates (not of an ideal system), named after the code that allocates it:
 The peak is the persistent terms plus the largest phase (sync, encode, rollout, update): phases run
 one after another and free their tensors. `step_added` is what a step allocates on top of what it
 starts with (the largest phase, the update with the gradients it allocates), the figure
-`python bench.py plan --validate` measures on CPU, where `host_is_device` also counts the decoded
+`python bench_plan.py validate` measures on CPU, where `host_is_device` also counts the decoded
 pixels the step holds (on a GPU they stay in host memory). Left out, and why: the CUDA context and NCCL buffers
 (a fixed `reserve_gib` is subtracted from the card instead), allocator fragmentation, the text
 tokens of the prompt beyond `text_tokens`, activations of the prefill chunks and of decoding
@@ -272,6 +272,26 @@ def kv_waves(prompt_tokens: list[int], n: int, response: int, bytes_per_token: i
             waves.append([i])
             used = need
     return waves
+
+
+def saved_bytes(fn, skip=()) -> tuple:
+    """(fn(), bytes of every distinct storage autograd keeps for backward while fn runs), counted through
+    `saved_tensors_hooks`, except the storages of the tensors in `skip` (the parameters: they exist before and
+    after the step). What `Shape.layer_activation_bytes` plans, measured (tests/test_memplan.py, bench.py)."""
+    import torch  # the plan itself is arithmetic; only this measurement needs torch
+
+    skipped = {t.untyped_storage().data_ptr() for t in skip}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skipped:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, sum(saved.values())
 
 
 VARIANTS = {  # the paper's Figure 2 variants as this code runs them, then k = n samples per forward

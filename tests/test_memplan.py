@@ -80,22 +80,13 @@ def test_toy_variants_by_hand():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_layer_activations_equal_what_autograd_saves(tiny_dir, dtype):
     """`layer_activation_bytes` against the storages autograd keeps for one Block under SDPA (sp = 1),
-    counted with saved_tensors_hooks; RoPE's cos/sin are shared by all layers and left out."""
+    counted with saved_tensors_hooks (`saved_bytes`); RoPE's cos/sin are shared by all layers and left out."""
     config = load_model(tiny_dir).config
     block, L = Block(config, 0).to(dtype), 64
     x = torch.randn(1, L, config.hidden_size, dtype=dtype, requires_grad=True)
     cos, sin = (torch.randn(1, L, config.head_dim, dtype=dtype) for _ in range(2))
-    skip = {t.untyped_storage().data_ptr() for t in [cos, sin, *block.parameters()]}
-    saved = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in skip:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x, cos, sin, sdpa_attention)
-    assert sum(saved.values()) == L * M.load_shape(str(tiny_dir)).layer_activation_bytes(dtype.itemsize, sp=1)
+    _, saved = M.saved_bytes(lambda: block(x, cos, sin, sdpa_attention), [cos, sin, *block.parameters()])
+    assert saved == L * M.load_shape(str(tiny_dir)).layer_activation_bytes(dtype.itemsize, sp=1)
 
 
 def count(model):
