@@ -231,12 +231,13 @@ def main():
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     history, t_train, step = [], time.perf_counter(), 0
 
-    def progress():  # the schedule's clock: steps, or the minutes when they end first
+    def progress():  # the schedule's clock: steps, or the minutes when they end first (--steps 0: evaluate only)
         elapsed = (time.perf_counter() - t_train) / 60 / args.minutes if args.minutes else 0.0
-        return max(step / args.steps, elapsed)
+        return max(step / args.steps, elapsed) if args.steps else 1.0
 
     def report():
-        row = dict(step=step, loss=round(loss.item(), 3), minutes=round((time.perf_counter() - t0) / 60, 1))
+        row = dict(step=step, loss=round(loss.item(), 3) if step else None,
+                   minutes=round((time.perf_counter() - t0) / 60, 1))
         for tag, test in tests.items():
             row[f"{tag}video"], row[f"{tag}ablated"] = evaluate(model, test, False), evaluate(model, test, True)
         history.append(row)
