@@ -6,6 +6,8 @@
 #   TRAIN=runs/demo/data/train.jsonl bash studies/sft_eval.sh studies/checkpoints/perception_gpu_d runs/exp/sft_d450 450 1e-3
 #   python studies/text_answers.py runs/demo/data/train.jsonl runs/demo/data/train_textans.jsonl
 #   TRAIN=runs/demo/data/train_textans.jsonl bash studies/sft_eval.sh studies/checkpoints/perception_gpu_d runs/exp/sft_d450_text 450 1e-3
+#   python studies/text_answers.py runs/demo/data/train.jsonl runs/demo/data/train_captioncot.jsonl --caption-cot 32
+#   TRAIN=runs/demo/data/train_captioncot.jsonl bash studies/sft_eval.sh studies/checkpoints/perception_gpu_d runs/exp/sft_d450_capcot 450 1e-3
 BASE=$1; OUT=$2; STEPS=$3; LR=$4
 D=runs/demo/data
 OMP_NUM_THREADS=1 .venv/bin/python -m torch.distributed.run --nproc_per_node 2 train_sft.py --model.path "$BASE" \
