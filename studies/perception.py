@@ -8,7 +8,7 @@ quadrant, count), with the real video and with every video swapped for another's
 
     python studies/perception.py --theta 10000 --steps 600            # the default config
     python studies/perception.py --theta 3 --train-vision --steps 600 # one lever at a time
-    python studies/perception.py --eval-only models/base [--long-events 3]  # a trained checkpoint
+    python studies/perception.py --eval-only models/base [--long-events 3]  # a checkpoint, on the held-out sets
     python studies/perception.py --init models/base --sparse-fraction 0.5 --workers 14 --device cuda \
         --steps 4000 --minutes 4 --save DIR                               # continue the base on fresh data
 
@@ -20,7 +20,6 @@ minutes ends first.
 """
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -41,19 +40,6 @@ from minirl.video import process_video, uniform_indices  # noqa: E402
 
 WORD_KIND = {**{c: "colour" for c in synth.COLOURS}, **{s: "shape" for s in synth.SHAPES},
              "top": "row", "bottom": "row", "left": "column", "right": "column"}
-
-
-def caption(events, indices) -> tuple[str, int]:
-    """Every event visible on a sampled frame, in time order, and how many there were."""
-    seen = [e for e in events if any(synth.on_screen(e, int(f)) for f in indices)]
-    parts = []
-    for e in seen:
-        if e["to"] is None:
-            parts.append(f"the {synth.name(e)} at the {e['pos']}")
-        else:
-            parts.append(f"the {synth.name(e)} at the {e['pos']} moves to the {e['to']}")
-    text = ("First " + ", then ".join(parts) + ".") if parts else "Nothing appears."
-    return text, len(seen)
 
 
 def long_events(rng, num_frames, max_events):
@@ -85,7 +71,7 @@ def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, 
         row = synth.caption_row(events, k, total_frames)
         text, answer = row["reasoning"], row["answer"]
     else:
-        text, n = caption(events, indices)
+        text, n = synth.caption(events, k, total_frames)
         answer = str(n)
     tokens = int(vision["video_grid_thw"].prod()) // 4
     prompt = encode_prompt(processor, build_prompt(synth.CAPTION_PROMPT), tokens)
@@ -191,18 +177,12 @@ def main():
     frames = [int(f) for f in args.frames.split(",")]
     from transformers import AutoProcessor
 
-    if args.eval_only:
-        model = load_model(args.eval_only, device=args.device)
-        processor = AutoProcessor.from_pretrained(args.eval_only)
-        test = [make_item(random.Random("study/test"), processor, frames, max_events=args.long_events)
-                for _ in range(args.test_videos)]
-        print(json.dumps(dict(video=evaluate(model, test, False), ablated=evaluate(model, test, True))))
-        return
     torch.manual_seed(args.seed)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers fork after the tokenizer ran
     t0 = time.perf_counter()
-    if args.init:
-        model, processor = load_model(args.init, device=args.device), AutoProcessor.from_pretrained(args.init)
+    checkpoint = args.eval_only or args.init
+    if checkpoint:
+        model, processor = load_model(checkpoint, device=args.device), AutoProcessor.from_pretrained(checkpoint)
     else:
         model, processor = new_model(args)
         model = model.to(args.device)
@@ -211,21 +191,31 @@ def main():
 
     item_kw = dict(frames_choices=frames, max_events=args.long_events, synth_dense=args.synth_dense,
                    sparse_fraction=args.sparse_fraction, synth_format=bool(args.init))
-    rng = random.Random(f"study/{args.seed}")
-    if args.workers:
-        loader = torch.utils.data.DataLoader(FreshVideos(args.seed, processor, **item_kw), batch_size=args.batch,
-                                             num_workers=args.workers, collate_fn=list, prefetch_factor=4)
-        batches = iter(loader)
-    else:
-        train = [make_item(rng, processor, **item_kw) for _ in range(args.train_videos)]
-        batches = (rng.sample(train, args.batch) for _ in itertools.count())
     tests = {}  # the held-out sets: dense and sparse apart when the training mixes them
     kinds = {"": item_kw} if not args.sparse_fraction else {
         "dense/": {**item_kw, "sparse_fraction": 0.0}, "sparse/": {**item_kw, "synth_dense": False}}
     for tag, kw in kinds.items():
         test_rng = random.Random(f"study/test{tag.rstrip('/')}")
         tests[tag] = [make_item(test_rng, processor, **kw) for _ in range(args.test_videos)]
-    print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
+    if args.eval_only:
+        print(json.dumps({f"{tag}{name}": evaluate(model, test, name == "ablated")
+                          for tag, test in tests.items() for name in ("video", "ablated")}))
+        return
+
+    rng = random.Random(f"study/{args.seed}")
+
+    def fixed_batches():  # a generator: the training set is built on the first step, never for --steps 0
+        train = [make_item(rng, processor, **item_kw) for _ in range(args.train_videos)]
+        while True:
+            yield rng.sample(train, args.batch)
+
+    if args.workers:
+        loader = torch.utils.data.DataLoader(FreshVideos(args.seed, processor, **item_kw), batch_size=args.batch,
+                                             num_workers=args.workers, collate_fn=list, prefetch_factor=4)
+        batches = (batch for batch in loader)  # the workers start on the first step
+    else:
+        batches = fixed_batches()
+    print(f"held-out data ready in {time.perf_counter() - t0:.0f}s", flush=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -271,7 +261,7 @@ def main():
 
 def new_model(args):
     """A random tiny Qwen2.5-VL with this study's rope settings, and its processor."""
-    corpus = tiny.default_corpus() + [caption(synth.make_events(random.Random(i), 128), range(128))[0]
+    corpus = tiny.default_corpus() + [synth.caption(synth.make_events(random.Random(i), 128), 128, 128)[0]
                                       for i in range(200)]
     processor = tiny.make_processor(corpus)
     s = tiny.SIZES[args.size]
