@@ -105,6 +105,9 @@ class AlgoConfig:
     # samples per forward, per SP group; with mrsp.shared_prefix whole groups of k = n / mini_batches samples, as
     # many as fit (minirl.packing.micro_batches): 8 fits the default group, one prompt computation per group
     micro_batch_size: int = 8
+    # samples per old/ref log-prob forward (no grad, so no activations are kept); 0: micro_batch_size. With the
+    # shared prefix, rollout.n packs all of a prompt's samples with one copy of it (veRL: log_prob_micro_batch_size)
+    logprob_micro_batch_size: int = 0
     dynamic_sampling: bool = False  # DAPO: drop groups with zero reward variance and refill
     max_sampling_tries: int = 4
     reward: str = ""  # path/to/file.py:function, or '' for reward.reward (accuracy and format weights below)
@@ -164,6 +167,9 @@ class Trainer:
             raise ValueError(f"optim.batch_size={cfg.optim.batch_size} prompts must divide by the world size "
                              f"{self.world}: every rank rolls out the same number of prompts")
         self.per_rank = cfg.optim.batch_size // self.world
+        if cfg.algo.micro_batch_size < 1 or cfg.algo.logprob_micro_batch_size < 0:
+            raise ValueError(f"algo.micro_batch_size={cfg.algo.micro_batch_size} must be >= 1 and "
+                             f"algo.logprob_micro_batch_size={cfg.algo.logprob_micro_batch_size} >= 0 (0: the former)")
         k, mb = cfg.rollout.n // cfg.algo.mini_batches, cfg.algo.micro_batch_size  # k: samples of a prompt per mini
         if cfg.mrsp.shared_prefix and mb < k and self.rank == 0:
             print(f"warning: algo.micro_batch_size={mb} cuts the {k} samples of a prompt in a mini-batch: the update "
@@ -383,9 +389,10 @@ class Trainer:
             return build_packed_batch(model, mine, [g[0].prompt_ids for g in groups], responses, video)
         return build_micro_batch(model, [s.prompt_ids for s in seqs], [r for (r,) in responses], video, mine)
 
-    def micro_batches(self, seqs: list[Sequence]) -> list[list[int]]:
-        """Positions of `seqs` per forward: whole groups with the shared prefix, else plain chunks."""
-        return micro_batches([s.key for s in seqs], self.cfg.algo.micro_batch_size, self.cfg.mrsp.shared_prefix)
+    def micro_batches(self, seqs: list[Sequence], size: int = 0) -> list[list[int]]:
+        """Positions of `seqs` per forward (at most `size`, 0: algo.micro_batch_size): whole groups with the
+        shared prefix, else plain chunks."""
+        return micro_batches([s.key for s in seqs], size or self.cfg.algo.micro_batch_size, self.cfg.mrsp.shared_prefix)
 
     def sp_logprobs(self, model, batch: dict, with_entropy: bool = False):
         """Log-probs (and entropies) laid out like batch["targets"], 0 where it is IGNORE_INDEX."""
@@ -400,7 +407,7 @@ class Trainer:
         """Step 5: per-sequence response log-probs (no grad), sequence-parallel (stage 2)."""
         out = []
         with torch.no_grad():
-            for idx in self.micro_batches(seqs):
+            for idx in self.micro_batches(seqs, self.cfg.algo.logprob_micro_batch_size):
                 batch = self.micro_inputs(model, [seqs[i] for i in idx], items, cache)
                 logp = self.sp_logprobs(model, batch)  # (B, L)
                 out += [row[t != IGNORE_INDEX] for row, t in zip(logp, batch["targets"], strict=True)]

@@ -57,8 +57,11 @@ def long_events(rng, num_frames, max_events):
 
 
 def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, max_events=0, synth_dense=False,
-              sparse_fraction=0.0, synth_format=False):
-    """One captioning example: its prompt, target ids, the kind of every target word, its video."""
+              sparse_fraction=0.0, synth_format=False, problem=synth.CAPTION_PROMPT, before_video="", question_mix=0.0):
+    """One captioning example: its prompt, target ids, the kind of every target word, its video.
+    `problem` is the text after the video, `before_video` text inserted just before it (studies/offset_probe.py).
+    question_mix: this fraction of the prompts put a benchmark question about another video (with its options)
+    before the caption request, so the caption starts at a different distance from the video every time."""
     if synth_dense and rng.random() >= sparse_fraction:  # synth's dense videos (1-3 long events, one moving)
         events = synth.make_events(rng, total_frames, dense=True)
     else:
@@ -74,7 +77,12 @@ def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, 
         text, n = synth.caption(events, k, total_frames)
         answer = str(n)
     tokens = int(vision["video_grid_thw"].prod()) // 4
-    prompt = encode_prompt(processor, build_prompt(synth.CAPTION_PROMPT), tokens)
+    if rng.random() < question_mix:
+        q = synth.make_question(synth.make_events(rng, total_frames), rng.choice(synth.CATEGORIES), rng.randrange(4),
+                                rng, None)
+        problem = "\n".join([q["problem"], *q["options"], problem])
+    text_prompt = build_prompt(problem).replace("<|vision_start|>", before_video + "<|vision_start|>")
+    prompt = encode_prompt(processor, text_prompt, tokens)
     target = processor.tokenizer(build_target(text, answer), add_special_tokens=False)["input_ids"]
     kinds = []
     for t in target:
@@ -153,6 +161,9 @@ def main():
     ap.add_argument("--tokens-per-second", type=float, default=2)
     ap.add_argument("--train-vision", action="store_true")
     ap.add_argument("--init", default="", help="continue this checkpoint instead of a new model (vision trained)")
+    ap.add_argument("--init-theta", type=float, default=0.0, help="with --init: give the checkpoint this rope_theta")
+    ap.add_argument("--question-mix", type=float, default=0.0,
+                    help="this fraction of prompts: an unrelated benchmark question before the caption request")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes of training")
     ap.add_argument("--batch", type=int, default=16)
@@ -181,6 +192,8 @@ def main():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers fork after the tokenizer ran
     t0 = time.perf_counter()
     checkpoint = args.eval_only or args.init
+    if args.init_theta:
+        checkpoint = with_theta(checkpoint, args.init_theta)
     if checkpoint:
         model, processor = load_model(checkpoint, device=args.device), AutoProcessor.from_pretrained(checkpoint)
     else:
@@ -190,7 +203,7 @@ def main():
     model.visual.requires_grad_(args.train_vision or bool(args.init))
 
     item_kw = dict(frames_choices=frames, max_events=args.long_events, synth_dense=args.synth_dense,
-                   sparse_fraction=args.sparse_fraction, synth_format=bool(args.init))
+                   sparse_fraction=args.sparse_fraction, synth_format=bool(args.init), question_mix=args.question_mix)
     tests = {}  # the held-out sets: dense and sparse apart when the training mixes them
     kinds = {"": item_kw} if not args.sparse_fraction else {
         "dense/": {**item_kw, "sparse_fraction": 0.0}, "sparse/": {**item_kw, "synth_dense": False}}
@@ -257,6 +270,18 @@ def main():
         report()
     if args.json:
         Path(args.json).write_text(json.dumps(dict(args=vars(args), history=history), indent=1))
+
+
+def with_theta(checkpoint, theta: float) -> str:
+    """A temporary copy of `checkpoint` whose config has rope_theta = theta (weights unchanged)."""
+    import shutil
+
+    copy = Path(tempfile.mkdtemp()) / "model"
+    shutil.copytree(checkpoint, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["text_config"]["rope_parameters"]["rope_theta"] = theta
+    (copy / "config.json").write_text(json.dumps(config, indent=2))
+    return str(copy)
 
 
 def new_model(args):

@@ -381,7 +381,8 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("world", [2, 4], ids=["dp1xsp2", "dp2xsp2"])
 def test_rl_step_equals_the_unshared_step(setup, tmp_path, world):
     """One step (2 mini-batches of k = 2 samples per prompt, KL on; micro-batches of two packed
-    groups) with `mrsp.shared_prefix` on and off: the same weights and metrics.
+    groups; shared: the old/ref forwards pack up to 8 samples, every sample of a prompt) with
+    `mrsp.shared_prefix` on and off: the same weights and metrics.
 
     lr 1e-5, the default: Adam's first steps move every weight by about lr whatever its gradient,
     so a rounding-level difference on a near-zero gradient shows at the scale of lr (1.7e-6 at
@@ -389,7 +390,7 @@ def test_rl_step_equals_the_unshared_step(setup, tmp_path, world):
     """
     args = {"optim.lr": 1e-5, "parallel.sp": 2, "algo.micro_batch_size": 4}
     before = load_model(setup / "model").state_dict()
-    shared = run_rl(world, rl_args(setup, tmp_path / "on", **args), tmp_path)
+    shared = run_rl(world, rl_args(setup, tmp_path / "on", **args, **{"algo.logprob_micro_batch_size": 8}), tmp_path)
     plain = run_rl(world, rl_args(setup, tmp_path / "off", **args, **{"mrsp.shared_prefix": "false"}), tmp_path)
     assert max_diff(shared["state"], before) > 1e-5  # the step really changed the weights (2 Adam steps)
     assert max_diff(shared["state"], plain["state"]) <= 1e-6
