@@ -158,6 +158,9 @@ class Trainer:
 
     def __init__(self, cfg: RLConfig):
         self.cfg = cfg
+        if cfg.algo.micro_batch_size < 1 or cfg.algo.logprob_micro_batch_size < 0:
+            raise ValueError(f"algo.micro_batch_size={cfg.algo.micro_batch_size} must be >= 1 and "
+                             f"algo.logprob_micro_batch_size={cfg.algo.logprob_micro_batch_size} >= 0 (0: the former)")
         self.rank, self.world, self.device, mesh = init_distributed(cfg.parallel.sp)
         self.sp_group, self.sp = mesh["sp"].get_group(), cfg.parallel.sp
         if cfg.rollout.n % cfg.algo.mini_batches:
@@ -167,9 +170,6 @@ class Trainer:
             raise ValueError(f"optim.batch_size={cfg.optim.batch_size} prompts must divide by the world size "
                              f"{self.world}: every rank rolls out the same number of prompts")
         self.per_rank = cfg.optim.batch_size // self.world
-        if cfg.algo.micro_batch_size < 1 or cfg.algo.logprob_micro_batch_size < 0:
-            raise ValueError(f"algo.micro_batch_size={cfg.algo.micro_batch_size} must be >= 1 and "
-                             f"algo.logprob_micro_batch_size={cfg.algo.logprob_micro_batch_size} >= 0 (0: the former)")
         k, mb = cfg.rollout.n // cfg.algo.mini_batches, cfg.algo.micro_batch_size  # k: samples of a prompt per mini
         if cfg.mrsp.shared_prefix and mb < k and self.rank == 0:
             print(f"warning: algo.micro_batch_size={mb} cuts the {k} samples of a prompt in a mini-batch: the update "

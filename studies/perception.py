@@ -162,6 +162,7 @@ def main():
     ap.add_argument("--train-vision", action="store_true")
     ap.add_argument("--init", default="", help="continue this checkpoint instead of a new model (vision trained)")
     ap.add_argument("--init-theta", type=float, default=0.0, help="with --init: give the checkpoint this rope_theta")
+    ap.add_argument("--init-mrope", default="", help="with --init: and this mrope_section, e.g. 2,2,12")
     ap.add_argument("--question-mix", type=float, default=0.0,
                     help="this fraction of prompts: an unrelated benchmark question before the caption request")
     ap.add_argument("--steps", type=int, default=600)
@@ -192,8 +193,8 @@ def main():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers fork after the tokenizer ran
     t0 = time.perf_counter()
     checkpoint = args.eval_only or args.init
-    if args.init_theta:
-        checkpoint = with_theta(checkpoint, args.init_theta)
+    if args.init_theta or args.init_mrope:
+        checkpoint = with_rope(checkpoint, args.init_theta, args.init_mrope)
     if checkpoint:
         model, processor = load_model(checkpoint, device=args.device), AutoProcessor.from_pretrained(checkpoint)
     else:
@@ -272,14 +273,18 @@ def main():
         Path(args.json).write_text(json.dumps(dict(args=vars(args), history=history), indent=1))
 
 
-def with_theta(checkpoint, theta: float) -> str:
-    """A temporary copy of `checkpoint` whose config has rope_theta = theta (weights unchanged)."""
+def with_rope(checkpoint, theta: float, mrope: str) -> str:
+    """A temporary copy of `checkpoint` with this rope_theta and/or mrope_section (weights unchanged)."""
     import shutil
 
     copy = Path(tempfile.mkdtemp()) / "model"
     shutil.copytree(checkpoint, copy)
     config = json.loads((copy / "config.json").read_text())
-    config["text_config"]["rope_parameters"]["rope_theta"] = theta
+    rope = config["text_config"]["rope_parameters"]
+    if theta:
+        rope["rope_theta"] = theta
+    if mrope:
+        rope["mrope_section"] = [int(x) for x in mrope.split(",")]
     (copy / "config.json").write_text(json.dumps(config, indent=2))
     return str(copy)
 

@@ -375,3 +375,13 @@ def test_rollout_waves_change_nothing_but_memory(setup, tmp_path):
     one = run_rl(1, rl_args(setup, tmp_path / "w1", **args), tmp_path)
     waves = run_rl(1, rl_args(setup, tmp_path / "w2", **args, **{"rollout.kv_budget_gib": 1e-9}), tmp_path)
     assert max_diff(waves["state"], one["state"]) <= 1e-6
+
+
+@pytest.mark.parametrize("key,value", [("algo.micro_batch_size", 0), ("algo.logprob_micro_batch_size", -1)])
+def test_micro_batch_sizes_are_checked_up_front(setup, tmp_path, key, value):
+    """A micro-batch size that would silently drop samples is refused before any process group starts."""
+    from minirl import config as C
+    from train_rl import RLConfig, Trainer
+
+    with pytest.raises(ValueError, match=f"{key}={value}"):
+        Trainer(C.parse(RLConfig, rl_args(setup, tmp_path, **{key: value})))
