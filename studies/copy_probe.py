@@ -12,8 +12,9 @@ options, reasoning, answer; no video token) and reports teacher-forced accuracy 
   all:    every target token
 for one rope_theta per run (text positions are 1-D, so mrope_section does not matter here).
 Result (studies/results/copy_theta*.log): theta 3 and 1e4 alike copy 100% by step 200 and stay
-at chance on `letter` at step 300 (theta 3: 27.0 at 750, 34.0 at 1,000), so theta is not what
-stops the SFT model; the option lookup is.
+at chance on `letter` at step 300 (theta 3: 27.0 at 750, 34.0 at 1,000), so theta does not stop
+a copy at a fixed offset; the option lookup is slow at both. (Reading at *varying* distances is
+another matter: studies/offset_probe.py.)
 
     python studies/copy_probe.py --theta 3 --steps 300
     python studies/copy_probe.py --theta 10000 --steps 300
