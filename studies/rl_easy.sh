@@ -5,7 +5,7 @@
 #   .venv/bin/python -m minirl.synth --out runs/easy --train 1500 --test 200 --frames 128 --per-video 4 --no-timestamps --easy
 #   DATA=runs/easy TRAIN=runs/easy/train.jsonl bash studies/sft_eval.sh studies/checkpoints/perception_1e4_sparse runs/exp/sft_1e4_sparse_easy450 450 1e-3
 #   bash studies/rl_easy.sh runs/exp/sft_1e4_sparse_easy450/hf runs/exp/rl_1e4_sparse_easy 40 5e-5
-#   bash studies/rl_easy.sh runs/exp/sft_1e4_sparse_easy450/hf runs/exp/rl_1e4_sparse_easy_lr1e-5 100 1e-5
+#   bash studies/rl_easy.sh runs/exp/sft_1e4_sparse_easy450/hf runs/exp/rl_1e4_sparse_easy_lr1e-5 100 1e-5   (run with --eval.every 25)
 SFT=$1; OUT=$2; STEPS=$3; LR=$4
 OMP_NUM_THREADS=1 .venv/bin/python -m torch.distributed.run --nproc_per_node 2 train_rl.py --model.path "$SFT" \
   --data.train runs/easy/train.jsonl --data.test runs/easy/test.jsonl --data.frames 32 --eval.every 10 \
