@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minirl import synth  # noqa: E402
 from minirl.model import load_model  # noqa: E402
-from studies.perception import evaluate, make_item  # noqa: E402
+from studies.perception import evaluate, make_item, prompt_ids  # noqa: E402
 
 
 def main():
@@ -38,21 +38,20 @@ def main():
     model, processor = load_model(args.model), AutoProcessor.from_pretrained(args.model)
     if len(processor.tokenizer(f" {args.filler}", add_special_tokens=False)["input_ids"]) != 1:
         raise SystemExit(f"--filler {args.filler!r} is not one token for this tokenizer; pick another word")
-    rows = []
+    rng = random.Random("offset_probe")  # the same videos in every condition, rendered once
+    items = [make_item(rng, processor, [args.frames], synth_dense=True, synth_format=True) for _ in range(args.videos)]
+    video_tokens = [int(it["video_grid_thw"].prod()) // 4 for it in items]
     for k in args.shifts:
         filler = " ".join([args.filler] * k)
         for where in ("before", "after") if k else ("none",):
             kw = dict(before_video=filler + " " if where == "before" else "",
                       problem=f"{filler} {synth.CAPTION_PROMPT}" if where == "after" else synth.CAPTION_PROMPT)
-            rng = random.Random("offset_probe")  # the same videos in every condition
-            items = [make_item(rng, processor, [args.frames], synth_dense=True, synth_format=True, **kw)
-                     for _ in range(args.videos)]
-            row = dict(shift=k, where=where, video=evaluate(model, items, False))
+            shifted = [{**it, "prompt": prompt_ids(processor, n, **kw)}
+                       for it, n in zip(items, video_tokens, strict=True)]
+            row = dict(shift=k, where=where, video=evaluate(model, shifted, False))
             if k == 0:
-                row["ablated"] = evaluate(model, items, True)
-            rows.append(row)
+                row["ablated"] = evaluate(model, shifted, True)
             print(json.dumps(row), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -56,10 +56,15 @@ def long_events(rng, num_frames, max_events):
     return events
 
 
+def prompt_ids(processor, video_tokens: int, problem=synth.CAPTION_PROMPT, before_video="") -> torch.Tensor:
+    """The prompt's token ids: `problem` after the video, `before_video` just before it (studies/offset_probe.py)."""
+    text = build_prompt(problem).replace("<|vision_start|>", before_video + "<|vision_start|>")
+    return torch.tensor(encode_prompt(processor, text, video_tokens))
+
+
 def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, max_events=0, synth_dense=False,
-              sparse_fraction=0.0, synth_format=False, problem=synth.CAPTION_PROMPT, before_video="", question_mix=0.0):
+              sparse_fraction=0.0, synth_format=False, question_mix=0.0):
     """One captioning example: its prompt, target ids, the kind of every target word, its video.
-    `problem` is the text after the video, `before_video` text inserted just before it (studies/offset_probe.py).
     question_mix: this fraction of the prompts put a benchmark question about another video (with its options)
     before the caption request, so the caption starts at a different distance from the video every time."""
     if synth_dense and rng.random() >= sparse_fraction:  # synth's dense videos (1-3 long events, one moving)
@@ -77,18 +82,18 @@ def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, 
         text, n = synth.caption(events, k, total_frames)
         answer = str(n)
     tokens = int(vision["video_grid_thw"].prod()) // 4
-    if rng.random() < question_mix:
+    problem = synth.CAPTION_PROMPT
+    if question_mix and rng.random() < question_mix:  # no draw at 0: the random stream of earlier runs is kept
         q = synth.make_question(synth.make_events(rng, total_frames), rng.choice(synth.CATEGORIES), rng.randrange(4),
                                 rng, None)
         problem = "\n".join([q["problem"], *q["options"], problem])
-    text_prompt = build_prompt(problem).replace("<|vision_start|>", before_video + "<|vision_start|>")
-    prompt = encode_prompt(processor, text_prompt, tokens)
+    prompt = prompt_ids(processor, tokens, problem)
     target = processor.tokenizer(build_target(text, answer), add_special_tokens=False)["input_ids"]
     kinds = []
     for t in target:
         word = processor.tokenizer.decode([t]).strip().strip(".,-")
         kinds.append(WORD_KIND.get(word, "count" if word.isdigit() else "other"))
-    return dict(prompt=torch.tensor(prompt), target=torch.tensor(target), kinds=kinds, **vision)
+    return dict(prompt=prompt, target=torch.tensor(target), kinds=kinds, **vision)
 
 
 class FreshVideos(torch.utils.data.IterableDataset):

@@ -12,8 +12,4 @@ OMP_NUM_THREADS=1 .venv/bin/python -m torch.distributed.run --nproc_per_node 2 t
   --eval.max_examples 100 --eval.max_new_tokens 64 --parallel.sp 2 --run.tensorboard false --optim.steps "$STEPS" \
   --optim.batch_size 8 --rollout.n 8 --optim.lr "$LR" --rollout.max_new_tokens 64 --rollout.temperature 1.0 \
   --run.out "$OUT" > "$OUT.log" 2>&1 || exit 1
-for ablation in "" --video-ablation; do
-  OMP_NUM_THREADS=2 .venv/bin/python eval.py --model "$OUT/hf" --data runs/easy/test.jsonl --frames 32 --max-new-tokens 64 \
-    --batch-size 16 --limit 200 $ablation --out "$OUT${ablation:+.ablated}.pred.jsonl" \
-    --json "$OUT${ablation:+.ablated}.eval.json" > "$OUT${ablation:+.ablated}.eval.log" 2>&1
-done
+bash studies/eval_ablation.sh "$OUT/hf" runs/easy/test.jsonl "$OUT"

@@ -15,8 +15,4 @@ OMP_NUM_THREADS=1 .venv/bin/python -m torch.distributed.run --nproc_per_node 2 t
   --data.train "${TRAIN:-$D/train_sft.jsonl}" --data.frames 32 --parallel.sp 2 --run.tensorboard false \
   --optim.steps "$STEPS" --optim.batch_size 16 --optim.micro_batch_size 8 --optim.lr "$LR" --optim.warmup_steps 10 \
   --run.seed "${SEED:-0}" --run.out "$OUT" > "$OUT.log" 2>&1 || exit 1
-for ablation in "" --video-ablation; do
-  OMP_NUM_THREADS=2 .venv/bin/python eval.py --model "$OUT/hf" --data $D/test.jsonl --frames 32 --max-new-tokens 64 \
-    --batch-size 16 --limit "${LIMIT:-200}" $ablation --out "$OUT${ablation:+.ablated}.pred.jsonl" \
-    --json "$OUT${ablation:+.ablated}.eval.json" > "$OUT${ablation:+.ablated}.eval.log" 2>&1
-done
+bash studies/eval_ablation.sh "$OUT/hf" $D/test.jsonl "$OUT"
