@@ -270,6 +270,14 @@ def run_trainer(work: Path, name: str, variant: str, argv: list, steps: int, wor
                 run_wall_s=time.perf_counter() - start)
 
 
+def forward_sizes(variant: str, n: int) -> dict:
+    """Samples per forward: one sequence each, except with the shared prefix, where an update forward packs the
+    k = n/2 samples of a prompt in a mini-batch with the prompt, and an old/ref forward (no grad) all n."""
+    if variant.startswith("shared"):
+        return dict(micro_batch_size=max(1, n // 2), logprob_micro_batch_size=n)
+    return dict(micro_batch_size=1, logprob_micro_batch_size=0)
+
+
 def _mrsp_run(work: Path, model_dir: Path, variant: str, frames: int, args) -> dict:
     """One (variant, frames) run of the Figure-2 workload on 2 processes (`run_trainer`)."""
     name = f"{variant}-{frames}"
@@ -277,12 +285,10 @@ def _mrsp_run(work: Path, model_dir: Path, variant: str, frames: int, args) -> d
         "--model.path", model_dir, "--data.train", work / "data/train.jsonl", "--data.frames", frames,
         "--data.max_frames", frames, "--data.max_prompt_tokens", 1 << 20, "--rollout.n", args.n,
         "--rollout.max_new_tokens", args.new_tokens, "--optim.batch_size", args.prompts, "--optim.steps", 100,
-        "--algo.kl_coef", 0.01, "--algo.mini_batches", 2, "--algo.micro_batch_size", 1,
+        "--algo.kl_coef", 0.01, "--algo.mini_batches", 2,
         "--run.out", work / "runs" / name, "--run.tensorboard", "false", *MRSP_VARIANTS[variant][1],
     ]
-    if variant.startswith("shared"):  # an update forward packs the k = n/2 samples of a prompt in a mini-batch with
-        # the prompt; an old/ref forward (no grad) all n
-        argv += ["--algo.micro_batch_size", max(1, args.n // 2), "--algo.logprob_micro_batch_size", args.n]
+    argv += [x for k, v in forward_sizes(variant, args.n).items() for x in (f"--algo.{k}", v)]
     row = dict(variant=variant, frames=frames, **run_trainer(work, name, variant, argv, args.steps))
     if "error" in row:
         print(f"{frames:>6} {variant:<9} FAILED: {row['error']} (log: {row['log']})", flush=True)
@@ -503,7 +509,7 @@ def bench_mrsp(args):
     if args.json:
         write_json(args.json, dict(
             workload=dict(frames=frames, prompts=args.prompts, n=args.n, new_tokens=args.new_tokens, kl_coef=0.01,
-                          mini_batches=2, micro_batch_size={"shared, shared+ckpt": max(1, args.n // 2), "others": 1},
+                          mini_batches=2, forward_sizes={v: forward_sizes(v, args.n) for v in names},
                           max_frames=caps, frame_size=args.frame_size, processes=2,
                           threads_per_process=1, timed_steps=args.steps, model_size=MRSP_SIZE,
                           variants={k: " ".join([cls.__name__, *flags]) for k, (cls, flags) in MRSP_VARIANTS.items()}),

@@ -47,8 +47,8 @@ def planned_mb(shape: memplan.Shape, variant: str, frames: int, run: dict) -> fl
                           text_tokens=run["prompt_tokens"] - run["video_tokens"], n=WORKLOAD.n,
                           response=WORKLOAD.new_tokens, prompts_per_gpu=1, grad_ckpt=False,
                           parallel_encode=variant != "naive", ulysses=sp > 1, shared_prefix=variant == "shared",
-                          micro_batch=WORKLOAD.n // 2 if variant == "shared" else 1, kl=True, compute_bytes=4,
-                          host_is_device=True)
+                          micro_batch=bm.forward_sizes(variant, WORKLOAD.n)["micro_batch_size"], kl=True,
+                          compute_bytes=4, host_is_device=True)
     return memplan.plan(shape, setup)["step_added"] / 2**20
 
 
