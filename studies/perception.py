@@ -81,7 +81,7 @@ def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, 
     else:
         text, n = synth.caption(events, k, total_frames)
         answer = str(n)
-    tokens = int(vision["video_grid_thw"].prod()) // 4
+    tokens = int(vision["video_grid_thw"].prod()) // processor.video_processor.merge_size**2
     problem = synth.CAPTION_PROMPT
     if question_mix and rng.random() < question_mix:  # no draw at 0: the random stream of earlier runs is kept
         q = synth.make_question(synth.make_events(rng, total_frames), rng.choice(synth.CATEGORIES), rng.randrange(4),
@@ -168,6 +168,8 @@ def main():
     ap.add_argument("--init", default="", help="continue this checkpoint instead of a new model (vision trained)")
     ap.add_argument("--init-theta", type=float, default=0.0, help="with --init: give the checkpoint this rope_theta")
     ap.add_argument("--init-mrope", default="", help="with --init: and this mrope_section, e.g. 2,2,12")
+    ap.add_argument("--init-merge", type=int, default=0,
+                    help="with --init: this spatial_merge_size (a new merger MLP; every other weight kept)")
     ap.add_argument("--question-mix", type=float, default=0.0,
                     help="this fraction of prompts: an unrelated benchmark question before the caption request")
     ap.add_argument("--steps", type=int, default=600)
@@ -200,6 +202,8 @@ def main():
     checkpoint = args.eval_only or args.init
     if args.init_theta or args.init_mrope:
         checkpoint = with_rope(checkpoint, args.init_theta, args.init_mrope)
+    if args.init_merge:
+        checkpoint = with_merge(checkpoint, args.init_merge)
     if checkpoint:
         model, processor = load_model(checkpoint, device=args.device), AutoProcessor.from_pretrained(checkpoint)
     else:
@@ -291,6 +295,32 @@ def with_rope(checkpoint, theta: float, mrope: str) -> str:
     if mrope:
         rope["mrope_section"] = [int(x) for x in mrope.split(",")]
     (copy / "config.json").write_text(json.dumps(config, indent=2))
+    return str(copy)
+
+
+def with_merge(checkpoint, merge: int) -> str:
+    """A temporary copy of `checkpoint` whose merger joins merge x merge patches into one LLM token.
+
+    At merge 4 a 56-px frame (4 x 4 patches) is one token and the merger MLP sees its 16 patches in
+    raster order, so *where* a shape is becomes part of the token's content: nothing has to be read
+    from M-RoPE's slow height/width channels. The merger MLP's input grows to hidden * merge^2, so
+    it starts afresh; every other tensor (and the processor, but for its merge_size) is kept.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    from minirl.model import QwenVL, save_pretrained
+
+    old = load_model(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint)
+    config.vision_config.spatial_merge_size = merge
+    model = QwenVL(config)
+    fresh = model.state_dict()
+    model.load_state_dict({k: v if v.shape == fresh[k].shape else fresh[k] for k, v in old.state_dict().items()})
+    copy = Path(tempfile.mkdtemp()) / "model"
+    save_pretrained(model, copy)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    processor.image_processor.merge_size = processor.video_processor.merge_size = merge
+    processor.save_pretrained(copy)
     return str(copy)
 
 
