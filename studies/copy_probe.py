@@ -18,6 +18,14 @@ another matter: studies/offset_probe.py.)
 
     python studies/copy_probe.py --theta 3 --steps 300
     python studies/copy_probe.py --theta 10000 --steps 300
+
+--init CHECKPOINT continues a checkpoint's decoder instead (its own processor and rope) on a fresh
+question every example (--fresh), with the loss on the two letters only (--letters-only: the
+reasoning's video facts cannot be learned without the video, so they are context, not targets);
+--save writes it back with its vision tower untouched. This is the text stage of the base:
+
+    python studies/copy_probe.py --init runs/exp/pt_m4_b --fresh --letters-only --batch 64 --steps 3000 \
+        --save runs/exp/pt_m4_lookup
 """
 
 import argparse
@@ -44,6 +52,16 @@ def encode(processor, row) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     words = [processor.tokenizer.decode([t]).strip() for t in target]
     letters = [i for i, w in enumerate(words) if w in synth.LETTERS and words[i - 1] == "is"]
     return torch.tensor(prompt), torch.tensor(target), letters[-1], len(target) - 3  # ... X </answer> <|im_end|>
+
+
+def fresh_rows(rng, n):
+    """n questions, each about a video of its own (events, question and options drawn afresh)."""
+    rows = []
+    for _ in range(n):
+        events = synth.make_events(rng, 128)
+        category = rng.choice(synth.CATEGORIES)
+        rows.append(synth.make_question(events, category, rng.randrange(4), rng, None))
+    return rows
 
 
 def forward(model, batch):
@@ -83,30 +101,47 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default="", help="continue this checkpoint's decoder (vision tower left as it is)")
+    ap.add_argument("--fresh", action="store_true", help="a new random question for every training example")
+    ap.add_argument("--letters-only", action="store_true", help="the loss on the two answer letters only")
+    ap.add_argument("--save", default="", help="write the checkpoint here at the end")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     _, train_rows = synth.make_split("train", 3000, 128, 8, 4, seed=0, timestamps=False)
     _, test_rows = synth.make_split("test", 200, 128, 8, 4, seed=0, timestamps=False)
-    processor = tiny.make_processor(synth.corpus(timestamps=False))
-    config = tiny.make_config(processor.tokenizer, "tiny", rope_theta=args.theta)
-    if args.mrope:
-        config.text_config.rope_parameters["mrope_section"] = [int(x) for x in args.mrope.split(",")]
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    if args.init:
+        from transformers import AutoProcessor
 
-    with tempfile.TemporaryDirectory() as tmp:
-        Qwen2_5_VLForConditionalGeneration(config).save_pretrained(tmp)
-        model = load_model(tmp)
+        processor, model = AutoProcessor.from_pretrained(args.init), load_model(args.init)
+        model.visual.requires_grad_(False)
+    else:
+        processor = tiny.make_processor(synth.corpus(timestamps=False))
+        config = tiny.make_config(processor.tokenizer, "tiny", rope_theta=args.theta)
+        if args.mrope:
+            config.text_config.rope_parameters["mrope_section"] = [int(x) for x in args.mrope.split(",")]
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        with tempfile.TemporaryDirectory() as tmp:
+            Qwen2_5_VLForConditionalGeneration(config).save_pretrained(tmp)
+            model = load_model(tmp)
     train = [encode(processor, r) for r in train_rows]
     test = [encode(processor, r) for r in test_rows]
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     rng = random.Random(args.seed)
     for step in range(1, args.steps + 1):
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / 20)
-        batch = rng.sample(train, args.batch)
-        loss = F.cross_entropy(torch.cat(forward(model, batch)), torch.cat([t for _, t, *_ in batch]))
+        batch = ([encode(processor, r) for r in fresh_rows(rng, args.batch)] if args.fresh
+                 else rng.sample(train, args.batch))
+        logits = forward(model, batch)
+        if args.letters_only:  # (2B, V) logits of the two letters of every row, and their targets
+            logits = [lg[[letter, copy]] for lg, (_, _, letter, copy) in zip(logits, batch, strict=True)]
+            targets = [t[[letter, copy]] for _, t, letter, copy in batch]
+        else:
+            targets = [t for _, t, *_ in batch]
+        loss = F.cross_entropy(torch.cat(logits), torch.cat(targets))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -117,6 +152,11 @@ def main():
                        **evaluate(model, test), seconds=round(time.perf_counter() - t0))
             model.train()
             print(json.dumps(row), flush=True)
+    if args.save:
+        from minirl.model import save_pretrained
+
+        save_pretrained(model, args.save)
+        processor.save_pretrained(args.save)
 
 
 if __name__ == "__main__":
