@@ -74,11 +74,12 @@ def train_tokenizer(texts, vocab_size: int = 2048) -> Tokenizer:
     return tokenizer
 
 
-def make_processor(texts, vocab_size: int = 2048, max_pixels: int = 84 * 84) -> Qwen2_5_VLProcessor:
+def make_processor(texts, vocab_size: int = 2048, max_pixels: int = 84 * 84,
+                   merge_size: int = 2) -> Qwen2_5_VLProcessor:
     """Tokenizer + image/video processors + chat template, as one Qwen2.5-VL processor.
 
-    min_pixels is lowered to one 28x28 merge window so the low-resolution synthetic videos are
-    not upscaled to Qwen's default 100k-pixel minimum.
+    min_pixels is lowered to one merge window (28x28 at merge 2) so the low-resolution synthetic
+    videos are not upscaled to Qwen's default 100k-pixel minimum.
     """
     tokenizer = Qwen2Tokenizer(
         tokenizer_object=train_tokenizer(texts, vocab_size),
@@ -90,22 +91,22 @@ def make_processor(texts, vocab_size: int = 2048, max_pixels: int = 84 * 84) -> 
         chat_template=CHAT_TEMPLATE,
     )
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in REASONING_TOKENS])
-    size = {"shortest_edge": 28 * 28, "longest_edge": max_pixels}
+    size = {"shortest_edge": (14 * merge_size) ** 2, "longest_edge": max_pixels}
     return Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size),
+        image_processor=Qwen2VLImageProcessor(size=size, merge_size=merge_size),
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(size=size),
+        video_processor=Qwen2VLVideoProcessor(size=size, merge_size=merge_size),
         chat_template=CHAT_TEMPLATE,
     )
 
 
 def make_config(tokenizer, size: str | dict = "tiny", tie_word_embeddings: bool = False,
-                rope_theta: float = 10000.0) -> Qwen2_5_VLConfig:
+                rope_theta: float = 10000.0, merge_size: int = 2) -> Qwen2_5_VLConfig:
     """`size` names an entry of SIZES or is a dict with the same keys (tests use odd shapes)."""
     s = SIZES[size] if isinstance(size, str) else size
     head_dim = s["hidden"] // s["heads"]
     return qwen_config(tokenizer, **s, head_dim=head_dim, tie_word_embeddings=tie_word_embeddings,
-                       rope_theta=rope_theta)
+                       rope_theta=rope_theta, merge_size=merge_size)
 
 
 def mrope_sections(head_dim: int) -> list[int]:
@@ -118,7 +119,7 @@ def mrope_sections(head_dim: int) -> list[int]:
 
 def qwen_config(
     tokenizer, hidden, layers, heads, kv_heads, ffn, v_hidden, v_depth, v_heads, head_dim,
-    tie_word_embeddings=False, tokens_per_second=2, rope_theta=10000.0,
+    tie_word_embeddings=False, tokens_per_second=2, rope_theta=10000.0, merge_size=2,
 ) -> Qwen2_5_VLConfig:
     """A real transformers Qwen2_5_VLConfig; token ids come from `tokenizer`.
 
@@ -126,6 +127,10 @@ def qwen_config(
     width the lowest; with head_dim 32 and theta 1e4 one step in width turns a query by ~0.003 rad,
     so a tiny model cannot tell left from right. A small theta (the perception base uses one)
     gives every axis a usable frequency while staying a valid Qwen2.5-VL config.
+
+    merge_size: patches per side joined into one LLM token. At 4 a 56-px frame is one token whose
+    merger MLP sees its 4 x 4 patches in raster order, so where something is becomes the token's
+    content instead of a rotary angle (README, "Where a shape is").
     """
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
@@ -150,7 +155,7 @@ def qwen_config(
             num_heads=v_heads,
             out_hidden_size=hidden,
             patch_size=14,
-            spatial_merge_size=2,
+            spatial_merge_size=merge_size,
             temporal_patch_size=2,
             window_size=56,
             fullatt_block_indexes=[v_depth - 1],
@@ -167,11 +172,12 @@ def qwen_config(
 def build_tiny_model(
     out_dir, texts, size: str | dict = "tiny", seed: int = 0, vocab_size: int = 2048,
     tie_word_embeddings: bool = False, max_pixels: int = 84 * 84, rope_theta: float = 10000.0,
+    merge_size: int = 2,
 ) -> Path:
     """Write a complete, randomly initialised Qwen2.5-VL checkpoint directory to `out_dir`."""
     out_dir = Path(out_dir)
-    processor = make_processor(texts, vocab_size, max_pixels)
-    config = make_config(processor.tokenizer, size, tie_word_embeddings, rope_theta)
+    processor = make_processor(texts, vocab_size, max_pixels, merge_size)
+    config = make_config(processor.tokenizer, size, tie_word_embeddings, rope_theta, merge_size)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = config.text_config.pad_token_id
@@ -205,10 +211,11 @@ def main():
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--max-pixels", type=int, default=84 * 84, help="per-frame pixel budget")
     parser.add_argument("--rope-theta", type=float, default=10000.0, help="M-RoPE base (see qwen_config)")
+    parser.add_argument("--merge-size", type=int, default=2, help="patches per side in one token (see qwen_config)")
     args = parser.parse_args()
     out = build_tiny_model(
         args.out, default_corpus(args.corpus), args.size, args.seed, args.vocab_size, max_pixels=args.max_pixels,
-        rope_theta=args.rope_theta,
+        rope_theta=args.rope_theta, merge_size=args.merge_size,
     )
     print(f"wrote {args.size} Qwen2.5-VL checkpoint to {out}")
 

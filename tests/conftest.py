@@ -64,6 +64,12 @@ def odd_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def merge4_dir(tmp_path_factory):
+    """One token per 56 x 56 window: the merger joins 4 x 4 patches (README, "Where a shape is")."""
+    return build_tiny_model(tmp_path_factory.mktemp("merge4"), CORPUS, size="tiny", seed=2, merge_size=4)
+
+
+@pytest.fixture(scope="session")
 def mp4_path(tmp_path_factory):
     """A 12-frame 56x84 video: moving coloured blocks on noise, so every frame differs."""
     rng = np.random.default_rng(0)

@@ -153,6 +153,17 @@ def test_token_count_before_decoding_equals_count_after_processing(counting, vp,
     assert predicted > 0
 
 
+@pytest.mark.parametrize("sampling", [FrameSampling(num_frames=8), FrameSampling(num_frames=5, max_pixels=56 * 112)])
+def test_token_count_at_merge_4(counting, sampling):
+    """One token per 56 x 56 window (tiny --merge-size 4): the count still comes from metadata alone."""
+    merge4 = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112, merge_size=4)
+    predicted = count_video_tokens(probe(counting), merge4, sampling)
+    video = read_video(counting, sampling)
+    out = process_video(merge4, video.frames, video.sampled_fps, sampling.min_pixels, sampling.max_pixels)
+    assert predicted == int(out["video_grid_thw"].prod()) // 16 == video_tokens(len(video.frames), 56, 84, merge4,
+                                                                              max_pixels=sampling.max_pixels)
+
+
 def test_odd_frame_count_is_padded_like_the_processor(counting, vp):
     frames = read_video(counting, FrameSampling(num_frames=6)).frames[:5]
     out = process_video(vp, frames, 2.0)
