@@ -438,6 +438,40 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     return {"train": train, "test": test}
 
 
+# One static shape on screen for the whole video and one question about it with fixed options, so
+# the answer letter is a fixed function of what the video shows: the smallest task that a model
+# can only answer by looking (tests/test_learning.py; studies/where_question.py).
+ONE_SHAPE_QUESTIONS = {  # asked property -> (its values, question, reasoning before "So the answer is")
+    "colour": (list(COLOURS), "What colour is the shape?", "The shape is {}."),
+    "pos": (list(QUADRANTS), "Where is the shape?", "The shape is at the {}."),
+}
+
+
+def one_shape_questions(out: Path, videos: int, seed: int, asked: str, frames: int = 64) -> Path:
+    """`videos` 56-px mp4s under `out/` and `out`.jsonl, one question each about the `asked` property.
+
+    Its values are dealt balanced and in no fixed period (eval's ablation swaps video i with i + N/2,
+    which must not hand a question a video with the same answer); the other properties are drawn at
+    random, in the order colour, shape, place.
+    """
+    values, problem, reasoning = ONE_SHAPE_QUESTIONS[asked]
+    rng = random.Random(f"{'where' if asked == 'pos' else asked}-question/{seed}")
+    dealt = rng.sample(values * (videos // len(values) + 1), videos)
+    draws = {"colour": list(COLOURS), "shape": SHAPES, "pos": QUADRANTS}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".jsonl"), "w") as f:
+        for v, value in enumerate(dealt):
+            event = {key: value if key == asked else rng.choice(choices) for key, choices in draws.items()}
+            event.update(start=0, frames=frames, to=None)
+            write_mp4(out / f"{v:03d}.mp4", [event], frames, 56, 8)
+            letter = LETTERS[values.index(value)]
+            f.write(json.dumps(dict(
+                id=f"{seed}-{v}", videos=[f"{out.name}/{v:03d}.mp4"], problem=problem,
+                options=[f"{LETTERS[k]}. {x}" for k, x in enumerate(values)], answer=letter,
+                reasoning=f"{reasoning.format(value)} So the answer is {letter}.", category="Spatial")) + "\n")
+    return out.with_suffix(".jsonl")
+
+
 def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0, timestamps: bool = True,
            easy: bool = False) -> list[str]:
     """Texts for training the tiny model's tokenizer: questions, options, reasoning and the prompt."""

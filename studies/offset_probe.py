@@ -40,7 +40,7 @@ def main():
         raise SystemExit(f"--filler {args.filler!r} is not one token for this tokenizer; pick another word")
     rng = random.Random("offset_probe")  # the same videos in every condition, rendered once
     items = [make_item(rng, processor, [args.frames], synth_dense=True, synth_format=True) for _ in range(args.videos)]
-    video_tokens = [int(it["video_grid_thw"].prod()) // 4 for it in items]
+    video_tokens = [int((it["prompt"] == model.config.video_token_id).sum()) for it in items]
     for k in args.shifts:
         filler = " ".join([args.filler] * k)
         for where in ("before", "after") if k else ("none",):

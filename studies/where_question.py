@@ -10,7 +10,6 @@ on 100 unseen videos, real and with every video swapped for another's:
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -20,25 +19,6 @@ from minirl import synth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def where_question_data(out: Path, videos: int, seed: int, frames: int = 64) -> Path:
-    """Quadrants dealt with no fixed period (eval's ablation swaps video i with i + N/2)."""
-    rng = random.Random(f"where-question/{seed}")
-    quadrants = list(synth.QUADRANTS)
-    dealt = rng.sample(quadrants * (videos // 4 + 1), videos)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".jsonl"), "w") as f:
-        for v, quadrant in enumerate(dealt):
-            event = dict(colour=rng.choice(list(synth.COLOURS)), shape=rng.choice(synth.SHAPES), start=0,
-                         frames=frames, pos=quadrant, to=None)
-            synth.write_mp4(out / f"{v:03d}.mp4", [event], frames, 56, 8)
-            letter = synth.LETTERS[quadrants.index(quadrant)]
-            f.write(json.dumps(dict(
-                id=f"{seed}-{v}", videos=[f"{out.name}/{v:03d}.mp4"], problem="Where is the shape?",
-                options=[f"{synth.LETTERS[k]}. {q}" for k, q in enumerate(quadrants)], answer=letter,
-                reasoning=f"The shape is at the {quadrant}. So the answer is {letter}.", category="Spatial")) + "\n")
-    return out.with_suffix(".jsonl")
 
 
 def accuracy(model: Path, data: Path, out: Path, *extra) -> float:
@@ -57,8 +37,8 @@ def main():
     ap.add_argument("--train-vision", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
-    train = where_question_data(out / "train", 400, seed=0)
-    test = where_question_data(out / "test", 100, seed=1)
+    train = synth.one_shape_questions(out / "train", 400, seed=0, asked="pos")
+    test = synth.one_shape_questions(out / "test", 100, seed=1, asked="pos")
     subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--model.path", args.model, "--data.train", str(train),
                     "--data.frames", "8", "--optim.steps", str(args.steps), "--optim.batch_size", "16",
                     "--optim.micro_batch_size", "16", "--optim.lr", str(args.lr), "--optim.warmup_steps", "10",

@@ -8,7 +8,6 @@ does not see the video cannot beat chance on a question only the video answers.
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -59,31 +58,12 @@ def test_base_reads_the_video(tmp_path):
     assert real >= 0.75 and ablated <= 0.5, (real, ablated)
 
 
-def colour_question_data(out: Path, videos: int, seed: int, frames: int = 64) -> Path:
-    """One static shape that stays on screen the whole video; "What colour is the shape?" with the
-    four colours as fixed options, so the letter is a fixed function of what the video shows."""
-    rng = random.Random(f"colour-question/{seed}")
-    colours = list(synth.COLOURS)
-    dealt = rng.sample(colours * (videos // 4 + 1), videos)  # balanced letters, in no fixed period
-    with open(out.with_suffix(".jsonl"), "w") as f:
-        for v, colour in enumerate(dealt):
-            event = dict(colour=colour, shape=rng.choice(synth.SHAPES), start=0, frames=frames,
-                         pos=rng.choice(synth.QUADRANTS), to=None)
-            synth.write_mp4(out / f"{v:03d}.mp4", [event], frames, 56, 8)
-            letter = synth.LETTERS[colours.index(colour)]
-            f.write(json.dumps(dict(
-                id=f"{seed}-{v}", videos=[f"{out.name}/{v:03d}.mp4"], problem="What colour is the shape?",
-                options=[f"{synth.LETTERS[k]}. {c}" for k, c in enumerate(colours)], answer=letter,
-                reasoning=f"The shape is {colour}. So the answer is {letter}.", category="Spatial")) + "\n")
-    return out.with_suffix(".jsonl")
-
-
 def test_sft_from_the_base_learns_to_look(tmp_path):
     """A few dozen CoT-SFT steps from the shipped base on a question only the video answers: held-out
     accuracy far above what the same model reaches with every video swapped for another's. Fails if a
     change stops video reaching the model in training or eval, or stops SFT from learning."""
-    train = colour_question_data(tmp_path / "train", 64, seed=0)
-    test = colour_question_data(tmp_path / "test", 40, seed=1)
+    train = synth.one_shape_questions(tmp_path / "train", 64, seed=0, asked="colour")
+    test = synth.one_shape_questions(tmp_path / "test", 40, seed=1, asked="colour")
     cmd = [sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(BASE), "--data.train", str(train),
            "--data.frames", "8", "--optim.steps", "60", "--optim.batch_size", "16", "--optim.micro_batch_size", "16",
            "--optim.lr", "3e-3", "--optim.warmup_steps", "4", "--run.out", str(tmp_path / "sft"),
