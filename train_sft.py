@@ -43,6 +43,7 @@ from minirl.trainer import (
     split_sft_item,
     timed,
 )
+from minirl.video import FrameCache
 from sp import encode_videos, init_distributed, sp_token_logprobs, validate_layout
 
 
@@ -98,6 +99,7 @@ def main(argv):
     if cfg.eval.max_examples:
         test = test[: cfg.eval.max_examples]
     sampling = frame_sampling(cfg.data)
+    frame_cache = FrameCache(cfg.data.frame_cache_mb)
     log = MetricsLog(out, rank, cfg.run.tensorboard)
 
     start, skipped_in_a_row = 0, 0
@@ -117,7 +119,8 @@ def main(argv):
             with timed(times, "decode"):
                 for i in mine:
                     try:
-                        items.append(sft_example(train[i], processor, sampling, cfg.data.max_prompt_tokens))
+                        items.append(sft_example(train[i], processor, sampling, cfg.data.max_prompt_tokens,
+                                                 frame_cache))
                     except Exception as err:  # name the file and the step, then stop (see data.bad_videos)
                         raise RuntimeError(f"step {step}: example {train[i].id} ({train[i].video}): {err}") from err
             local_tokens = sum(int((it["labels"] != IGNORE_INDEX).sum()) for it in items)

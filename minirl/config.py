@@ -139,6 +139,7 @@ class DataConfig:
     max_pixels: int = 0  # per-frame pixel budget (0: the processor's own)
     max_prompt_tokens: int = 16384  # longer prompts get fewer frames, never a cut question
     bad_videos: str = "error"  # error: stop and list them; drop: remove those examples, say which
+    frame_cache_mb: float = 0  # SFT: keep decoded frames of up to this many MB per rank for later epochs
 
 
 @dataclasses.dataclass

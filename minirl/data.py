@@ -47,6 +47,7 @@ import torch
 
 from minirl.reward import embedded_options
 from minirl.video import (
+    FrameCache,
     FrameSampling,
     num_sampled_frames,
     probe,
@@ -238,9 +239,11 @@ def fit_sampling(example: Example, processor, sampling: FrameSampling,
     return dataclasses.replace(sampling, num_frames=fewer, fps=None)
 
 
-def _video_inputs(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int) -> dict:
+def _video_inputs(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int,
+                  cache: FrameCache | None = None) -> dict:
     fitted = fit_sampling(example, processor, sampling, max_prompt_tokens)
-    video = read_video(example.video, fitted, processor.video_processor.temporal_patch_size)
+    tps = processor.video_processor.temporal_patch_size
+    video = cache.read(example.video, fitted, tps) if cache else read_video(example.video, fitted, tps)
     vision = process_video(processor, video.frames, video.sampled_fps, fitted.min_pixels, fitted.max_pixels)
     num_tokens = int(vision["video_grid_thw"].prod()) // processor.video_processor.merge_size**2
     prompt_ids = encode_prompt(processor, build_prompt(example.problem, example.options), num_tokens)
@@ -256,11 +259,14 @@ def _video_inputs(example: Example, processor, sampling: FrameSampling, max_prom
     )
 
 
-def sft_example(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int) -> dict:
-    """input_ids = prompt + `<think>reasoning</think><answer>X</answer><|im_end|>`, labels on the latter."""
+def sft_example(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int,
+                cache: FrameCache | None = None) -> dict:
+    """input_ids = prompt + `<think>reasoning</think><answer>X</answer><|im_end|>`, labels on the latter.
+
+    cache: decoded frames kept from earlier epochs (see `FrameCache`)."""
     if example.reasoning is None:
         raise ValueError(f"{example.id}: SFT needs a 'reasoning' field (the chain of thought to imitate)")
-    item = _video_inputs(example, processor, sampling, max_prompt_tokens)
+    item = _video_inputs(example, processor, sampling, max_prompt_tokens, cache)
     prompt_ids = item.pop("prompt_ids")
     target = _tokenize(processor, build_target(example.reasoning, example.answer))
     item["input_ids"] = torch.tensor(prompt_ids + target, dtype=torch.long)

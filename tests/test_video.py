@@ -6,6 +6,7 @@ from conftest import write_mp4
 from transformers import Qwen2VLVideoProcessor
 
 from minirl.video import (
+    FrameCache,
     FrameSampling,
     VideoError,
     count_video_tokens,
@@ -181,3 +182,28 @@ def test_process_video_accepts_the_full_processor(counting, vp):
     assert a["pixel_values_videos"].equal(b["pixel_values_videos"])
     with pytest.raises(ValueError, match="uint8"):
         process_video(vp, frames.astype(np.float32), 2.0)
+
+
+def test_frame_cache_reuses_frames_and_evicts_the_oldest(mp4_path, tmp_path):
+    """A cached video is not decoded again (its file may even be gone), equals a fresh decode, and
+    the cache never holds more than its budget: the least recently used video leaves first."""
+    sampling = FrameSampling(num_frames=4)
+    copies = [tmp_path / f"{i}.mp4" for i in range(3)]
+    for c in copies:
+        c.write_bytes(mp4_path.read_bytes())
+    one = read_video(copies[0], sampling).frames.nbytes
+    cache = FrameCache(max_mb=2.5 * one / 2**20)  # room for two videos
+    first = cache.read(copies[0], sampling)
+    assert np.array_equal(first.frames, read_video(copies[0], sampling).frames)
+    copies[0].unlink()
+    assert cache.read(copies[0], sampling) is first  # from memory
+    cache.read(copies[1], sampling)
+    cache.read(copies[0], sampling)  # now the most recently used
+    cache.read(copies[2], sampling)  # evicts copies[1]
+    assert cache.bytes == 2 * one
+    copies[1].unlink()
+    with pytest.raises(VideoError, match="file not found"):
+        cache.read(copies[1], sampling)
+    assert cache.read(copies[0], sampling) is first
+    with pytest.raises(VideoError, match="file not found"):  # another sampling is another entry
+        cache.read(copies[0], FrameSampling(num_frames=2))
