@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	$(PY) demo.py --out $(RUN)
 
-# Rebuilds the shipped perception base models/base (about an hour on 2 cores; see demo.py BASE_RECIPE).
+# Rebuilds the shipped perception base models/base (about 90 minutes on 2 cores; see demo.py BASE_RECIPE).
 base: $(VENV)/.installed
 	$(PY) demo.py --pretrain-base models/base --out runs/base
 

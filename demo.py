@@ -1,7 +1,8 @@
 """`make demo`: the paper's pipeline on the embedded perception base, on a laptop CPU.
 
-1. write the synthetic long-video benchmark (real mp4s + jsonl), its training questions split
-   1/3 for SFT and 2/3 for RL as in the paper                           minirl/synth.py
+1. write the synthetic long-video benchmark (real mp4s + jsonl; `--benchmark easy` by default: a
+   fixed option list per category), its training questions split 1/3 for SFT and 2/3 for RL as in
+   the paper                                                            minirl/synth.py
 2. start from the perception base models/base when there is one (a tiny Qwen2.5-VL pretrained to
    caption synthetic videos, see `--pretrain-base`), else from a random tiny model; evaluate it
 3. CoT-SFT with `torchrun --nproc_per_node 2` (sp = 2)                 train_sft.py
@@ -30,17 +31,17 @@ BASE = ROOT / "models" / "base"
 
 # Sizes and steps of the demo, chosen to finish in about 20 minutes on a 2-core CPU.
 RECIPE = dict(
-    synth=dict(train=1500, test=500, frames=128, size=56, per_video=4),
+    synth=dict(train=3000, test=500, frames=128, size=56, per_video=4),
     frames=32,  # frames sampled per video for training and the main evaluation
     frame_scaling=[8, 16, 32, 64],
-    sft=dict(steps=150, batch_size=16, micro_batch_size=8, lr=1e-3, warmup_steps=10),
-    curate=dict(n=8, temperature=1.0, limit=400),  # RL draws 240 prompts: 400 candidates are plenty
-    rl=dict(steps=30, batch_size=8, n=8, lr=2e-5, max_new_tokens=64, temperature=1.0, eval_every=10,
+    sft=dict(steps=1000, batch_size=16, micro_batch_size=16, lr=1e-3, warmup_steps=10),
+    curate=dict(n=8, temperature=1.0, limit=800),  # RL draws 960 prompts from the ~540 of these it keeps
+    rl=dict(steps=120, batch_size=8, n=8, lr=1e-4, max_new_tokens=64, temperature=1.0, eval_every=20,
             eval_examples=100),
     eval_max_new_tokens=64,
 )
 QUICK = dict(
-    synth=dict(train=24, test=8, frames=64, size=56, per_video=2),
+    synth=dict(train=24, test=8, frames=64, size=56, per_video=4),
     frames=8,
     frame_scaling=[4, 8],
     sft=dict(steps=2, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1),
@@ -48,17 +49,35 @@ QUICK = dict(
     rl=dict(steps=2, batch_size=2, n=2, lr=1e-4, max_new_tokens=8, temperature=1.0, eval_every=1, eval_examples=4),
     eval_max_new_tokens=8,
 )
-# The perception-base recipe under study (`python demo.py --pretrain-base DIR`, `make base`): a tiny
-# Qwen2.5-VL with a small M-RoPE theta (so height and width get usable rotary frequencies), its
-# vision tower trained, taught by train_sft.py to caption dense videos (1-3 long events: every
-# event the sampled frames show, in time order, with its place), in stages of falling lr. No
-# benchmark question is in this data. README ("What make demo shows") has what the shipped base
-# reads (colour, row, count) and what not yet (shape, column, sparse events).
+# The perception-base recipe (`python demo.py --pretrain-base DIR`, `make base`), in two parts.
+# 1. train_sft.py teaches a random tiny Qwen2.5-VL (`rope_theta` 3, vision tower trained) to caption
+#    dense videos (1-3 long events: every event the sampled frames show, in time order, with its
+#    place), in stages of falling lr. No benchmark question is in this data.
+# 2. studies/perception.py continues it on freshly rendered caption videos, one change per run
+#    (README, "What make demo shows"): theta 1e4 (so a query can match a key's content at any
+#    distance) with half the caption requests after an unrelated benchmark question; then the
+#    benchmark's sparse videos mixed in; then `spatial_merge_size` 4 (a 56-px frame is one token,
+#    so where a shape is becomes the token's content); then longer, then on new videos; then with
+#    30% of the prompts asking where one named event is (grounding: read the event a prompt names).
 BASE_RECIPE = dict(
     synth=dict(train=2000, test=100, frames=128, size=56, captions=32),
     rope_theta=3.0,
     stages=[dict(steps=700, lr=3e-3, warmup_steps=20), dict(steps=300, lr=1e-3, warmup_steps=0)],
     batch_size=16,
+    perception_flags=dict(question_mix=0.5, synth_dense=True, frames=32, lr=1e-3),
+    perception=[dict(init_theta=10000, steps=400),
+                dict(sparse_fraction=0.6, train_videos=1500, steps=1091),
+                dict(init_merge=4, sparse_fraction=0.6, train_videos=1500, steps=400),
+                dict(sparse_fraction=0.6, train_videos=1500, steps=1453),
+                dict(sparse_fraction=0.6, train_videos=1500, steps=1500, seed=1),
+                dict(grounding=0.3, sparse_fraction=0.6, train_videos=1500, steps=800, seed=2)],
+)
+BASE_QUICK = dict(  # the same commands, a few steps each: a smoke test of the recipe's plumbing
+    synth=dict(train=16, test=2, frames=64, size=56, captions=16), rope_theta=3.0,
+    stages=[dict(steps=2, lr=3e-3, warmup_steps=1)], batch_size=4,
+    perception_flags={**BASE_RECIPE["perception_flags"], "batch": 4, "test_videos": 4, "train_videos": 8,
+                      "warmup": 1},
+    perception=[{**stage, "steps": 2, "train_videos": 8} for stage in BASE_RECIPE["perception"]],
 )
 
 
@@ -112,35 +131,52 @@ def sft_args(sft: dict, model: Path, train: Path, frames: int, out: Path, **extr
     return {"model.path": model, "data.train": train, "data.frames": frames, "parallel.sp": 2,
             "run.tensorboard": "false", "optim.steps": sft["steps"], "optim.batch_size": sft["batch_size"],
             "optim.micro_batch_size": sft["micro_batch_size"], "optim.lr": sft["lr"],
-            "optim.warmup_steps": sft["warmup_steps"], "run.out": out, **extra}
+            "optim.warmup_steps": sft["warmup_steps"], "data.frame_cache_mb": 512, "run.out": out, **extra}
 
 
-def pretrain_base(dest: Path, work: Path):
-    """Run BASE_RECIPE: dense captioning data, a random tiny model, train_sft.py stage by stage."""
-    b = BASE_RECIPE
+def cli_flags(options: dict) -> list:
+    """{"sparse_fraction": 0.6, "synth_dense": True} -> ["--sparse-fraction", 0.6, "--synth-dense"]"""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [flag, value]
+    return flags
+
+
+def pretrain_base(dest: Path, work: Path, recipe: dict):
+    """Run BASE_RECIPE: captioning with train_sft.py stage by stage, then the perception.py runs."""
     (work / "logs").mkdir(parents=True, exist_ok=True)
     data, model = work / "data", work / "init"
-    s = b["synth"]
+    s = recipe["synth"]
     if not (data / "test.jsonl").exists():
         run([sys.executable, "-m", "minirl.synth", "--out", data, "--train", s["train"], "--test", s["test"],
              "--frames", s["frames"], "--size", s["size"], "--captions", s["captions"], "--dense", "--seed", 1000],
             work / "logs/synth.log")
     if not (model / "config.json").exists():
-        run([sys.executable, "-m", "minirl.tiny", "--out", model, "--rope-theta", b["rope_theta"]],
+        run([sys.executable, "-m", "minirl.tiny", "--out", model, "--rope-theta", recipe["rope_theta"]],
             work / "logs/model.log")
-    for i, stage in enumerate(b["stages"]):
-        sft = {**stage, "batch_size": b["batch_size"], "micro_batch_size": b["batch_size"]}
-        torchrun("train_sft.py", sft_args(sft, model, data / "train.jsonl", s["captions"], work / f"stage{i}",
-                                          **{"model.train_vision": "true", "run.seed": i}),
-                 work / f"logs/stage{i}.log")
+    for i, stage in enumerate(recipe["stages"]):
+        if not (work / f"stage{i}/hf/config.json").exists():
+            sft = {**stage, "batch_size": recipe["batch_size"], "micro_batch_size": recipe["batch_size"]}
+            torchrun("train_sft.py", sft_args(sft, model, data / "train.jsonl", s["captions"], work / f"stage{i}",
+                                              **{"model.train_vision": "true", "run.seed": i}),
+                     work / f"logs/stage{i}.log")
         model = work / f"stage{i}" / "hf"
+    for i, stage in enumerate(recipe["perception"]):
+        out = work / f"perception{i}"
+        if not (out / "config.json").exists():
+            flags = cli_flags({**recipe["perception_flags"], **stage})
+            run([sys.executable, "studies/perception.py", "--init", model, *flags, "--save", out,
+                 "--json", work / f"perception{i}.json"], work / f"logs/perception{i}.log")
+        model = out
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(model, dest)
     print(f"wrote the perception base to {dest}")
 
 
-def plot(out: Path):
-    """Loss per SFT step; reward per RL step and held-out accuracy during RL."""
+def plot(out: Path, frames: int, rl_eval_examples: int):
+    """Loss per SFT step; reward per RL step (and its 10-step mean) and held-out accuracy during RL,
+    from the SFT model's accuracy on the same first questions (step 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,14 +186,19 @@ def plot(out: Path):
     rl = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     ax[0].plot([r["step"] for r in sft if "sft/loss" in r], [r["sft/loss"] for r in sft if "sft/loss" in r])
-    ax[0].set(title="CoT-SFT", xlabel="step", ylabel="loss (assistant tokens)")
-    for key in ("reward/overall", "reward/accuracy", "eval/accuracy"):
-        points = [(r["step"], r[key]) for r in rl if key in r]
-        if points:
-            ax[1].plot(*zip(*points, strict=True), marker="o" if key.startswith("eval") else None,
-                       label="held-out accuracy" if key.startswith("eval") else key)
-    ax[1].set(title="GRPO", xlabel="step")
-    ax[1].legend()
+    ax[0].set(title="CoT-SFT", xlabel="step", ylabel="loss (assistant tokens)", yscale="log")
+    steps, reward = zip(*[(r["step"], r["reward/accuracy"]) for r in rl if "reward/accuracy" in r], strict=True)
+    ax[1].plot(steps, reward, alpha=0.3, color="C0")
+    mean = [sum(reward[max(0, i - 9):i + 1]) / len(reward[max(0, i - 9):i + 1]) for i in range(len(reward))]
+    ax[1].plot(steps, mean, color="C0", label="training reward (accuracy), 10-step mean")
+    first = [json.loads(x) for x in (out / f"eval-sft-{frames}f.predictions.jsonl").read_text().splitlines()]
+    first = first[:rl_eval_examples]
+    held_out = [(0, sum(r["accuracy"][0] for r in first) / len(first))]
+    held_out += [(r["step"], r["eval/accuracy"]) for r in rl if "eval/accuracy" in r]
+    ax[1].plot(*zip(*held_out, strict=True), marker="o", color="C2",
+               label=f"held-out accuracy (first {len(first)} questions)")
+    ax[1].set(title="GRPO", xlabel="step", ylim=(0, 1))
+    ax[1].legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
     return out / "curves.png"
@@ -179,6 +220,9 @@ def main():
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (pipeline smoke test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of SFT and RL (the benchmark is fixed)")
+    parser.add_argument("--benchmark", choices=("easy", "full"), default="easy",
+                        help="easy: one template per category with a fixed option list (synth --easy); full: two "
+                             "templates per category, options shuffled (not learned yet, README)")
     parser.add_argument("--base", default=str(BASE), help="the perception base checkpoint to start from")
     parser.add_argument("--pretrain-base", default=None, metavar="DIR",
                         help="instead of the demo, rebuild the perception base into DIR (BASE_RECIPE)")
@@ -187,7 +231,7 @@ def main():
     (out / "logs").mkdir(parents=True, exist_ok=True)
     start = time.time()
     if args.pretrain_base:
-        pretrain_base(Path(args.pretrain_base).resolve(), out)
+        pretrain_base(Path(args.pretrain_base).resolve(), out, BASE_QUICK if args.quick else BASE_RECIPE)
         print(f"({(time.time() - start) / 60:.1f} min)")
         return
     recipe = QUICK if args.quick else RECIPE
@@ -196,7 +240,8 @@ def main():
     if not (data / "test.jsonl").exists():
         s = recipe["synth"]
         run([py, "-m", "minirl.synth", "--out", data, "--train", s["train"], "--test", s["test"],
-             "--frames", s["frames"], "--size", s["size"], "--per-video", s["per_video"], "--no-timestamps"],
+             "--frames", s["frames"], "--size", s["size"], "--per-video", s["per_video"], "--no-timestamps",
+             *(["--easy"] if args.benchmark == "easy" else [])],
             out / "logs/synth.log")
     base_name = "perception base"
     if not (base / "config.json").exists():
@@ -245,7 +290,7 @@ def main():
 
     scaling = {f: evaluate(out / "rl/hf", data, f, out, recipe)["overall"]["accuracy"]
                for f in recipe["frame_scaling"]}
-    curves = plot(out)
+    curves = plot(out, frames, recipe["rl"]["eval_examples"])
     minutes = (time.time() - start) / 60
     summary = {"tables": tables, "frame_scaling": scaling, "curated_rl_questions": kept,
                "rl_questions": sum(1 for x in rl_train.read_text().splitlines() if x.strip()), "minutes": minutes}

@@ -63,10 +63,13 @@ def prompt_ids(processor, video_tokens: int, problem=synth.CAPTION_PROMPT, befor
 
 
 def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, max_events=0, synth_dense=False,
-              sparse_fraction=0.0, synth_format=False, question_mix=0.0):
+              sparse_fraction=0.0, synth_format=False, question_mix=0.0, grounding=0.0):
     """One captioning example: its prompt, target ids, the kind of every target word, its video.
     question_mix: this fraction of the prompts put a benchmark question about another video (with its options)
-    before the caption request, so the caption starts at a different distance from the video every time."""
+    before the caption request, so the caption starts at a different distance from the video every time.
+    grounding: this fraction instead ask where one event the frames show is, named by colour and shape ("Where
+    does the red circle appear?" -> "The red circle appears at the top-left [and moves to the ...]."): reading
+    the event a prompt names, which a caption in time order never asks for."""
     if synth_dense and rng.random() >= sparse_fraction:  # synth's dense videos (1-3 long events, one moving)
         events = synth.make_events(rng, total_frames, dense=True)
     else:
@@ -83,7 +86,13 @@ def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, 
         answer = str(n)
     tokens = int(vision["video_grid_thw"].prod()) // processor.video_processor.merge_size**2
     problem = synth.CAPTION_PROMPT
-    if question_mix and rng.random() < question_mix:  # no draw at 0: the random stream of earlier runs is kept
+    seen = [e for e in events if any(synth.on_screen(e, int(f)) for f in indices)]
+    if grounding and seen and rng.random() < grounding:  # no draw at 0: the random stream of earlier runs is kept
+        e = rng.choice(seen)
+        problem = f"Where does the {synth.name(e)} appear?"
+        text = f"The {synth.name(e)} appears at the {e['pos']}" + (f" and moves to the {e['to']}." if e["to"] else ".")
+        answer = e["to"] or e["pos"]
+    elif question_mix and rng.random() < question_mix:  # no draw at 0: the random stream of earlier runs is kept
         q = synth.make_question(synth.make_events(rng, total_frames), rng.choice(synth.CATEGORIES), rng.randrange(4),
                                 rng, None)
         problem = "\n".join([q["problem"], *q["options"], problem])
@@ -172,6 +181,8 @@ def main():
                     help="with --init: this spatial_merge_size (a new merger MLP; every other weight kept)")
     ap.add_argument("--question-mix", type=float, default=0.0,
                     help="this fraction of prompts: an unrelated benchmark question before the caption request")
+    ap.add_argument("--grounding", type=float, default=0.0,
+                    help="this fraction of prompts: where is the <colour shape> (one event the frames show)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes of training")
     ap.add_argument("--batch", type=int, default=16)
@@ -213,10 +224,14 @@ def main():
     model.visual.requires_grad_(args.train_vision or bool(args.init))
 
     item_kw = dict(frames_choices=frames, max_events=args.long_events, synth_dense=args.synth_dense,
-                   sparse_fraction=args.sparse_fraction, synth_format=bool(args.init), question_mix=args.question_mix)
-    tests = {}  # the held-out sets: dense and sparse apart when the training mixes them
-    kinds = {"": item_kw} if not args.sparse_fraction else {
-        "dense/": {**item_kw, "sparse_fraction": 0.0}, "sparse/": {**item_kw, "synth_dense": False}}
+                   sparse_fraction=args.sparse_fraction, synth_format=bool(args.init), question_mix=args.question_mix,
+                   grounding=args.grounding)
+    tests = {}  # the held-out sets: dense and sparse apart when the training mixes them, captions apart from grounding
+    captions = {**item_kw, "grounding": 0.0}
+    kinds = {"": captions} if not args.sparse_fraction else {
+        "dense/": {**captions, "sparse_fraction": 0.0}, "sparse/": {**captions, "synth_dense": False}}
+    if args.grounding:
+        kinds["grounding/"] = {**item_kw, "synth_dense": False, "grounding": 1.0}
     for tag, kw in kinds.items():
         test_rng = random.Random(f"study/test{tag.rstrip('/')}")
         tests[tag] = [make_item(test_rng, processor, **kw) for _ in range(args.test_videos)]
