@@ -85,8 +85,8 @@ def test_sft_from_the_base_learns_to_look(tmp_path):
     test = synth.one_shape_questions(tmp_path / "test", 40, seed=1, asked="colour")
     cmd = [sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(BASE), "--data.train", str(train),
            "--data.frames", "8", "--optim.steps", "160", "--optim.batch_size", "16", "--optim.micro_batch_size", "16",
-           "--optim.lr", "2e-3", "--optim.warmup_steps", "4", "--run.out", str(tmp_path / "sft"),
-           "--run.tensorboard", "false"]
+           "--optim.lr", "2e-3", "--data.frame_cache_mb", "64", "--optim.warmup_steps", "4",
+           "--run.out", str(tmp_path / "sft"), "--run.tensorboard", "false"]
     subprocess.run(cmd, check=True, cwd=ROOT, env=ENV, capture_output=True)
     for name in ("real", "ablated"):
         (tmp_path / name).mkdir()
