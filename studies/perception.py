@@ -86,7 +86,7 @@ def make_item(rng, processor, frames_choices, total_frames=128, size=56, fps=8, 
         answer = str(n)
     tokens = int(vision["video_grid_thw"].prod()) // processor.video_processor.merge_size**2
     problem = synth.CAPTION_PROMPT
-    seen = [e for e in events if any(synth.on_screen(e, int(f)) for f in indices)]
+    seen = [e for e in events if any(synth.on_screen(e, int(f)) for f in indices)] if grounding else []
     if grounding and seen and rng.random() < grounding:  # no draw at 0: the random stream of earlier runs is kept
         e = rng.choice(seen)
         problem = f"Where does the {synth.name(e)} appear?"
