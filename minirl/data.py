@@ -49,6 +49,7 @@ from minirl.reward import embedded_options
 from minirl.video import (
     FrameCache,
     FrameSampling,
+    VideoMeta,
     num_sampled_frames,
     probe,
     process_video,
@@ -214,9 +215,11 @@ def encode_prompt(processor, prompt: str, num_video_tokens: int) -> list[int]:
 
 
 def fit_sampling(example: Example, processor, sampling: FrameSampling,
-                 max_prompt_tokens: int) -> FrameSampling:
-    """The sampling to use so the prompt fits max_prompt_tokens (see the module docstring)."""
-    meta = probe(example.video)
+                 max_prompt_tokens: int, meta: VideoMeta | None = None) -> FrameSampling:
+    """The sampling to use so the prompt fits max_prompt_tokens (see the module docstring).
+
+    meta: the video's `probe`, when the caller already has it."""
+    meta = meta or probe(example.video)
     vp = processor.video_processor
     text_tokens = len(_tokenize(processor, build_prompt(example.problem, example.options))) - 1
 
@@ -241,7 +244,8 @@ def fit_sampling(example: Example, processor, sampling: FrameSampling,
 
 def _video_inputs(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int,
                   cache: FrameCache | None = None) -> dict:
-    fitted = fit_sampling(example, processor, sampling, max_prompt_tokens)
+    fitted = fit_sampling(example, processor, sampling, max_prompt_tokens,
+                          cache.probe(example.video) if cache else None)
     tps = processor.video_processor.temporal_patch_size
     video = cache.read(example.video, fitted, tps) if cache else read_video(example.video, fitted, tps)
     vision = process_video(processor, video.frames, video.sampled_fps, fitted.min_pixels, fitted.max_pixels)

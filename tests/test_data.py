@@ -1,5 +1,6 @@
 """The jsonl schema, the prompt template, SFT / RL examples, the token budget."""
 
+import dataclasses
 import json
 
 import pytest
@@ -18,7 +19,7 @@ from minirl.data import (
     rl_example,
     sft_example,
 )
-from minirl.video import FrameSampling, VideoError, read_video
+from minirl.video import FrameCache, FrameSampling, VideoError, read_video
 
 SAMPLING = FrameSampling(num_frames=16)
 
@@ -124,6 +125,21 @@ def test_sft_example(bench, processor):
     assert processor.tokenizer.decode(ids[:start]).endswith("<|im_start|>assistant\n")
     assert item["num_frames"] == 16 and not item["frames_reduced"]
     assert item["second_per_grid_ts"].tolist() == pytest.approx([2 / (16 / 8)])  # 16 frames of an 8 s video
+
+
+def test_cached_sft_example_equals_a_fresh_one_and_never_reopens_the_file(tmp_path, bench, processor):
+    """With a FrameCache, the second epoch neither decodes nor probes the video (it may be gone)."""
+    ex = load_jsonl(bench / "train.jsonl")[1]
+    video = tmp_path / "copy.mp4"
+    video.write_bytes(ex.video.read_bytes())
+    ex = dataclasses.replace(ex, video=video)
+    cache = FrameCache(max_mb=64)
+    first = sft_example(ex, processor, SAMPLING, 4096, cache)
+    video.unlink()
+    again = sft_example(ex, processor, SAMPLING, 4096, cache)
+    fresh = sft_example(load_jsonl(bench / "train.jsonl")[1], processor, SAMPLING, 4096)
+    for key in ("input_ids", "labels", "pixel_values_videos", "video_grid_thw"):
+        assert again[key].equal(first[key]) and again[key].equal(fresh[key])
 
 
 def test_rl_example_is_the_sft_prompt(bench, processor):

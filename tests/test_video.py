@@ -195,8 +195,10 @@ def test_frame_cache_reuses_frames_and_evicts_the_oldest(mp4_path, tmp_path):
     cache = FrameCache(max_mb=2.5 * one / 2**20)  # room for two videos
     first = cache.read(copies[0], sampling)
     assert np.array_equal(first.frames, read_video(copies[0], sampling).frames)
+    meta = probe(copies[0])
     copies[0].unlink()
     assert cache.read(copies[0], sampling) is first  # from memory
+    assert cache.probe(copies[0]) == meta  # the file's metadata too
     cache.read(copies[1], sampling)
     cache.read(copies[0], sampling)  # now the most recently used
     cache.read(copies[2], sampling)  # evicts copies[1]
