@@ -34,6 +34,8 @@ are relative to DIR). Output is a deterministic function of the arguments, mp4 b
 import argparse
 import itertools
 import json
+import multiprocessing
+import os
 import random
 import sys
 import time
@@ -420,8 +422,11 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
 
 def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
              per_video: int = 4, seed: int = 0, timestamps: bool = True, easy: bool = False,
-             captions: int = 0, dense: bool = False) -> dict:
-    """Write the benchmark to `out`; returns {split: number of rows}."""
+             captions: int = 0, dense: bool = False, workers: int = 1) -> dict:
+    """Write the benchmark to `out`; returns {split: number of rows}.
+
+    workers > 1 encodes the mp4s in that many processes: the same bytes (every video is its own
+    single-threaded encode of a script drawn beforehand), in half the time on 2 cores."""
     if size % 28 or size < 28:
         # Qwen's processor resizes every frame to multiples of 28 (patch 14 x merge 2); frames that
         # already are pass through unresampled, so blobs stay crisp.
@@ -430,8 +435,13 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("test", test)):
         videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy, captions, dense)
-        for v, events in enumerate(videos):
-            write_mp4(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps)
+        jobs = [(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps) for v, events in enumerate(videos)]
+        if workers > 1 and len(jobs) > 1:
+            with multiprocessing.Pool(workers) as pool:
+                pool.starmap(write_mp4, jobs, chunksize=8)
+        else:
+            for job in jobs:
+                write_mp4(*job)
         with open(out / f"{split}.jsonl", "w") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -511,12 +521,14 @@ def main(argv=None):
     parser.add_argument("--dense", action="store_true",
                         help="with --captions: 1-3 long events per video (the easy end of the curriculum)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                        help="processes that encode the mp4s (default: one per core; the bytes do not depend on it)")
     args = parser.parse_args(argv)
     if args.dense and not args.captions:
         parser.error("--dense applies to --captions data only")
     start = time.perf_counter()
     counts = generate(args.out, args.train, args.test, args.frames, args.size, args.fps, args.per_video,
-                      args.seed, not args.no_timestamps, args.easy, args.captions, args.dense)
+                      args.seed, not args.no_timestamps, args.easy, args.captions, args.dense, args.workers)
     print(f"wrote {counts['train']} train / {counts['test']} test questions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s")
 

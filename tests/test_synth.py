@@ -32,11 +32,18 @@ def read_rows(path):
 
 
 def test_same_seed_same_files_other_seed_other_files(small, tmp_path):
-    synth.generate(tmp_path / "again", seed=3, **SMALL)
+    """Also with the mp4s encoded in two processes: the bytes do not depend on the workers."""
+    synth.generate(tmp_path / "again", seed=3, workers=2, **SMALL)
     synth.generate(tmp_path / "other", seed=4, **SMALL)
-    for name in ("train.jsonl", "test.jsonl", "videos/train/00000.mp4", "videos/test/00001.mp4"):
+
+    def videos(root):
+        return sorted(p.relative_to(root).as_posix() for p in root.glob("videos/*/*.mp4"))
+
+    assert videos(small) == videos(tmp_path / "again") and len(videos(small)) == 5
+    for name in ("train.jsonl", "test.jsonl", *videos(small)):
         assert (small / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
-        assert (small / name).read_bytes() != (tmp_path / "other" / name).read_bytes(), name
+        if name in ("train.jsonl", "test.jsonl", "videos/train/00000.mp4", "videos/test/00001.mp4"):
+            assert (small / name).read_bytes() != (tmp_path / "other" / name).read_bytes(), name
 
 
 def test_train_and_test_share_no_video(small):
