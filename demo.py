@@ -31,14 +31,15 @@ BASE = ROOT / "models" / "base"
 
 # Sizes and steps of the demo, chosen to finish in about 20 minutes on a 2-core CPU.
 RECIPE = dict(
-    synth=dict(train=3000, test=500, frames=128, size=56, per_video=4),
+    synth=dict(train=9000, test=500, frames=128, size=56, per_video=4),
     frames=32,  # frames sampled per video for training and the main evaluation
     frame_scaling=[8, 16, 32, 64],
     sft=dict(steps=1000, batch_size=16, micro_batch_size=16, lr=1e-3, warmup_steps=10),
-    curate=dict(n=8, temperature=1.0, limit=800),  # RL draws 960 prompts from the ~540 of these it keeps
+    curate=dict(n=8, temperature=1.0, limit=800),  # RL draws 960 prompts from the ~500 of these it keeps
     rl=dict(steps=120, batch_size=8, n=8, lr=1e-4, max_new_tokens=64, temperature=1.0, eval_every=20,
             eval_examples=100),
     eval_max_new_tokens=64,
+    base_eval_examples=100,
 )
 QUICK = dict(
     synth=dict(train=24, test=8, frames=64, size=56, per_video=4),
@@ -48,6 +49,7 @@ QUICK = dict(
     curate=dict(n=2, temperature=1.0, limit=8),
     rl=dict(steps=2, batch_size=2, n=2, lr=1e-4, max_new_tokens=8, temperature=1.0, eval_every=1, eval_examples=4),
     eval_max_new_tokens=8,
+    base_eval_examples=4,
 )
 # The perception-base recipe (`python demo.py --pretrain-base DIR`, `make base`), in two parts.
 # 1. train_sft.py teaches a random tiny Qwen2.5-VL (`rope_theta` 3, vision tower trained) to caption
@@ -94,8 +96,10 @@ def run(cmd: list, log: Path):
     print(f"  done in {time.time() - start:.0f}s (log: {log})", flush=True)
 
 
-def evaluate(model: Path, data: Path, frames: int, out: Path, recipe: dict, ablation: bool = False) -> dict:
-    """The held-out table of `model` at `frames` frames (cached in out/); ablation: wrong videos."""
+def evaluate(model: Path, data: Path, frames: int, out: Path, recipe: dict, ablation: bool = False,
+             limit: int = 0) -> dict:
+    """The held-out table of `model` at `frames` frames (cached in out/); ablation: wrong videos;
+    limit: only the first `limit` questions."""
     tag = model.parent.name if model.name == "hf" else model.name
     table_path = out / f"eval-{tag}-{frames}f{'-ablated' if ablation else ''}.json"
     if not table_path.exists():
@@ -103,7 +107,8 @@ def evaluate(model: Path, data: Path, frames: int, out: Path, recipe: dict, abla
         preds.unlink(missing_ok=True)
         run([sys.executable, "eval.py", "--model", model, "--data", data / "test.jsonl", "--frames", frames,
              "--max-new-tokens", recipe["eval_max_new_tokens"], "--batch-size", 16, "--out", preds,
-             "--json", table_path, *(["--video-ablation"] if ablation else [])],
+             "--json", table_path, *(["--video-ablation"] if ablation else []),
+             *(["--limit", limit] if limit else [])],
             out / "logs" / f"{table_path.stem}.log")
     return json.loads(table_path.read_text())
 
@@ -205,14 +210,13 @@ def plot(out: Path, frames: int, rl_eval_examples: int):
 
 
 def print_tables(tables: dict, frames: int):
-    categories = sorted(next(iter(tables.values()))["categories"])
-    print(f"\nHeld-out accuracy at {frames} frames "
-          f"({next(iter(tables.values()))['overall']['questions']} questions)")
-    print(f"{'model':<26}" + "".join(f"{c:>18}" for c in [*categories, "overall", "format"]))
+    categories = sorted(tables["SFT"]["categories"])
+    print(f"\nHeld-out accuracy at {frames} frames ({tables['SFT']['overall']['questions']} questions)")
+    print(f"{'model':<34}" + "".join(f"{c:>18}" for c in [*categories, "overall", "format"]))
     for name, t in tables.items():
         cells = [t["categories"].get(c, {}).get("accuracy", 0.0) for c in categories]
         cells += [t["overall"]["accuracy"], t["overall"]["format_accuracy"]]
-        print(f"{name:<26}" + "".join(f"{100 * v:>17.1f}%" for v in cells))
+        print(f"{name:<34}" + "".join(f"{100 * v:>17.1f}%" for v in cells))
 
 
 def main():
@@ -254,7 +258,9 @@ def main():
     sft_train, rl_train = split_train(data)
     frames, seed = recipe["frames"], {"run.seed": args.seed}
 
-    tables = {base_name: evaluate(base, data, frames, out, recipe)}
+    # The starting point needs fewer questions: the base never answers (it captions until the token limit)
+    n = recipe["base_eval_examples"]
+    tables = {f"{base_name} ({n} questions)": evaluate(base, data, frames, out, recipe, limit=n)}
     if not (out / "sft/hf/config.json").exists():
         torchrun("train_sft.py", sft_args(recipe["sft"], base, sft_train, frames, out / "sft", **seed),
                  out / "logs/sft.log")
