@@ -214,12 +214,10 @@ def encode_prompt(processor, prompt: str, num_video_tokens: int) -> list[int]:
     return ids[:at] + [pad] * num_video_tokens + ids[at + 1:]
 
 
-def fit_sampling(example: Example, processor, sampling: FrameSampling,
-                 max_prompt_tokens: int, meta: VideoMeta | None = None) -> FrameSampling:
-    """The sampling to use so the prompt fits max_prompt_tokens (see the module docstring).
-
-    meta: the video's `probe`, when the caller already has it."""
-    meta = meta or probe(example.video)
+def fit_sampling(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int,
+                 meta: VideoMeta) -> FrameSampling:
+    """The sampling to use so the prompt fits max_prompt_tokens (see the module docstring); meta: the
+    video's `probe`."""
     vp = processor.video_processor
     text_tokens = len(_tokenize(processor, build_prompt(example.problem, example.options))) - 1
 
@@ -244,10 +242,10 @@ def fit_sampling(example: Example, processor, sampling: FrameSampling,
 
 def _video_inputs(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int,
                   cache: FrameCache | None = None) -> dict:
-    fitted = fit_sampling(example, processor, sampling, max_prompt_tokens,
-                          cache.probe(example.video) if cache else None)
+    meta = cache.probe(example.video) if cache else probe(example.video)  # the file's header, read once
+    fitted = fit_sampling(example, processor, sampling, max_prompt_tokens, meta)
     tps = processor.video_processor.temporal_patch_size
-    video = cache.read(example.video, fitted, tps) if cache else read_video(example.video, fitted, tps)
+    video = cache.read(example.video, fitted, tps) if cache else read_video(example.video, fitted, tps, meta)
     vision = process_video(processor, video.frames, video.sampled_fps, fitted.min_pixels, fitted.max_pixels)
     num_tokens = int(vision["video_grid_thw"].prod()) // processor.video_processor.merge_size**2
     prompt_ids = encode_prompt(processor, build_prompt(example.problem, example.options), num_tokens)

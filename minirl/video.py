@@ -154,10 +154,13 @@ def sample_indices(meta: VideoMeta, sampling: FrameSampling, temporal_patch_size
     return uniform_indices(meta.num_frames, n)
 
 
-def read_video(path, sampling: FrameSampling, temporal_patch_size: int = 2) -> DecodedVideo:
-    """Decode the frames `sampling` picks, or raise `VideoError` naming the file."""
+def read_video(path, sampling: FrameSampling, temporal_patch_size: int = 2,
+               meta: VideoMeta | None = None) -> DecodedVideo:
+    """Decode the frames `sampling` picks, or raise `VideoError` naming the file.
+
+    meta: the file's `probe` when the caller already has it (its stream header is not read again)."""
     reader = _open(path)
-    meta = _meta(path, reader)
+    meta = meta or _meta(path, reader)
     indices = sample_indices(meta, sampling, temporal_patch_size)
     try:
         frames = reader.get_batch(indices.tolist()).asnumpy()  # (T, H, W, 3) uint8
@@ -198,7 +201,7 @@ class FrameCache:
         if key in self.videos:
             self.videos.move_to_end(key)
             return self.videos[key]
-        video = read_video(path, sampling, temporal_patch_size)
+        video = read_video(path, sampling, temporal_patch_size, self.metas.get(key[0]))
         self.metas[key[0]] = video.meta
         if video.frames.nbytes <= self.max_bytes:
             self.videos[key] = video
