@@ -309,7 +309,9 @@ def fetch_video_rows(items: list[dict], holders: list[int], wants: list[tuple[in
     Item i's pixel rows exist on rank holders[i] only (the rank that decoded its video). One
     uneven all-to-all moves, from each holder to each rank, exactly the rows that rank wants and
     nothing else: with parallel encoding a rank receives its own share of the frames, not the
-    whole group's videos. Pieces arrive ordered by sender and are put back in item order.
+    whole group's videos. Rows a rank holds itself never enter the exchange buffers, and a
+    share that is one piece is returned as a view: when each rank encodes the video it decoded
+    (one prompt per rank), stage 1 copies no pixels at all.
     """
     P, me = dist.get_world_size(group), dist.get_rank(group)
     counts = [int(it["video_grid_thw"].prod(1).sum()) for it in items]  # patch rows per item
@@ -321,17 +323,20 @@ def fetch_video_rows(items: list[dict], holders: list[int], wants: list[tuple[in
         return [(i, max(lo, s) - s, min(hi, s + n) - s) for i, (s, n) in enumerate(zip(starts, counts, strict=True))
                 if holders[i] == sender and max(lo, s) < min(hi, s + n)]
 
-    outgoing = [pieces(me, r) for r in range(P)]  # per receiver
-    incoming = [pieces(r, me) for r in range(P)]  # per sender
+    outgoing = [[] if r == me else pieces(me, r) for r in range(P)]  # per receiver
+    incoming = [[] if r == me else pieces(r, me) for r in range(P)]  # per sender
     send = [items[i]["pixel_values_videos"][a:b] for out in outgoing for i, a, b in out]
     send = torch.cat(send).to(device) if send else torch.zeros(0, dim, device=device)  # (rows out, D)
     sizes_in = [b - a for inc in incoming for _, a, b in inc]  # per piece, arrival order
     recv = send.new_empty(sum(sizes_in), dim)  # (rows in, D)
     dist.all_to_all_single(recv, send, output_split_sizes=[sum(b - a for _, a, b in inc) for inc in incoming],
                            input_split_sizes=[sum(b - a for _, a, b in out) for out in outgoing], group=group)
-    arrived = [i for inc in incoming for i, _, _ in inc]  # the item of each piece, arrival order
-    chunks = recv.split(sizes_in)
-    return torch.cat([chunks[j] for j in sorted(range(len(chunks)), key=arrived.__getitem__)] or [recv])
+    del send
+    arrived = [(i, a) for inc in incoming for i, a, _ in inc]  # (item, first row) of each piece
+    got = list(zip(arrived, recv.split(sizes_in), strict=True))
+    got += [((i, a), items[i]["pixel_values_videos"][a:b].to(device)) for i, a, b in pieces(me, me)]
+    chunks = [chunk for _, chunk in sorted(got, key=lambda piece: piece[0])]  # item order
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks or [recv])
 
 
 def encode_videos(model, items: list[dict], group, parallel: bool = True,
@@ -351,7 +356,8 @@ def encode_videos(model, items: list[dict], group, parallel: bool = True,
     P, v = dist.get_world_size(group), model.visual.config
     dim = v.in_channels * v.temporal_patch_size * v.patch_size**2  # pixels per patch row
     if holders is None or P == 1:
-        pixels = torch.cat([it["pixel_values_videos"] for it in items]).to(model.device)  # (sum rows, D)
+        pixels = [it["pixel_values_videos"] for it in items]
+        pixels = (pixels[0] if len(pixels) == 1 else torch.cat(pixels)).to(model.device)  # (sum rows, D)
         embeds = parallel_encode(model, pixels, grid, group) if parallel else model.encode_video(pixels, grid)
     elif parallel:
         wants = [(start, end) for start, end, _ in split_temporal_groups(grid, P)]

@@ -312,6 +312,9 @@ class Trainer:
         with torch.no_grad():
             embeds = encode_videos(self.model, items, self.sp_group, self.cfg.parallel.parallel_encode,
                                    holders=[it["holder"] for it in items])  # pixels fetched from their decoder
+        if not self.cfg.model.train_vision:  # every later forward reads the cache: free the decoded frames now
+            for it in items:
+                it.pop("pixel_values_videos", None)
         # cached in the compute dtype (every forward casts them to it anyway): the fp32 vision tower's
         # output would double the cache, which holds the whole SP group's videos on every rank
         return {it["key"]: e.to(self.rollout_model.dtype) for it, e in zip(items, embeds, strict=True)}

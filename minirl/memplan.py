@@ -47,7 +47,9 @@ The peak is the persistent terms plus the largest phase (sync, encode, rollout, 
 one after another and free their tensors. `step_added` is what a step allocates on top of what it
 starts with (the largest phase, the update with the gradients it allocates), the figure
 `python bench_plan.py validate` measures on CPU, where `host_is_device` also counts the decoded
-pixels the step holds (on a GPU they stay in host memory). Left out, and why: the CUDA context and NCCL buffers
+pixels the step holds (on a GPU they stay in host memory): until the encode, where a rank encodes
+its own rows in place, and to the end of the step when the videos are encoded again (the naive
+baseline, or a trained vision tower). Left out, and why: the CUDA context and NCCL buffers
 (a fixed `reserve_gib` is subtracted from the card instead), allocator fragmentation, the text
 tokens of the prompt beyond `text_tokens`, activations of the prefill chunks and of decoding
 (prefill_chunk x one block, small next to the cache).
@@ -176,7 +178,7 @@ class Setup:
     train_vision: bool = False
     compute_bytes: int = 2  # bf16
     attention: str = "flash"  # "flash": no S x S; "math": SDPA/eager saves the softmax
-    vision_chunk: int = 32768  # patches per vision-tower call without grad (minirl.model.VISION_CHUNK)
+    vision_chunk: int = 8192  # patches per vision-tower call without grad (minirl.model.VISION_CHUNK)
     cache_bytes: int = 0  # bytes per embedding-cache value (0: the compute dtype's, as Trainer.encode casts)
     sharded_ref: bool = True  # the reference decoder sharded over the GPUs (False: a full replica, before issue 13)
     streamed_sync: bool = True  # weight sync one tensor at a time (False: the whole fp32 model, before issue 13)
@@ -245,9 +247,12 @@ def plan(shape: Shape, s: Setup) -> dict:
         "update": t["embedding_cache"] + t["update_activations"] + t["attention_scores"] + t["logits"]
         + t["fsdp_workspace"],
     }
-    if s.host_is_device:  # the step keeps its prompts' decoded pixels (fp32) from decoding to its end
-        t["host_pixels"] = round(s.prompts_per_gpu * video * shape.merge**2) * shape.patch_values() * 4
-        phases = {k: v + t["host_pixels"] for k, v in phases.items()}
+    if s.host_is_device:  # the decoded pixels (fp32) of the videos this rank decoded, whole
+        t["host_pixels"] = math.ceil(s.prompts_per_gpu) * video * shape.merge**2 * shape.patch_values() * 4
+        # the share a rank encodes is its own decoded rows where it holds them (one prompt per rank: a view)
+        phases["encode"] += max(t["host_pixels"], t["video_pixels"]) - t["video_pixels"]
+        if not s.parallel_encode or s.train_vision:  # re-encoded later (naive, or with grad): kept to the end
+            phases = {k: v + t["host_pixels"] * (k != "encode") for k, v in phases.items()}
     peak = sum(t[k] for k in persistent) + max(phases.values())
     # what a step allocates on top of what it starts with: gradients are freed after each optimizer step
     step_added = max(*phases.values(), phases["update"] + t["fsdp_grads"])

@@ -297,7 +297,7 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-VISION_CHUNK = 32768  # patches per vision-tower call without grad (see QwenVL.encode_video)
+VISION_CHUNK = 8192  # patches per vision-tower call without grad (see QwenVL.encode_video)
 
 
 class QwenVL(nn.Module):

@@ -269,11 +269,14 @@ def share_prompts(mine: list[dict], group) -> list[dict]:
     """The prompts of every rank of the SP `group`, in rank order, each with `holder`: the group rank
     that decoded it. Only the small fields travel (token ids, video grid, answer); a video's pixel
     rows stay on its holder, and MR-SP stage 1 (`sp.encode_videos`) sends each rank only the rows
-    it encodes."""
+    it encodes. This rank's own prompts are returned as the very dicts of `mine` (holder set in
+    place), so freeing their pixels in one frees them in both."""
     me = dist.get_rank(group)
     light = [{k: v for k, v in it.items() if k != "pixel_values_videos"} for it in mine]
     parts = all_gather_objects(light, group)
-    return [{**it, "holder": r} for r, part in enumerate(parts) for it in (mine if r == me else part)]
+    for it in mine:
+        it["holder"] = me
+    return [it for r, part in enumerate(parts) for it in (mine if r == me else [{**p, "holder": r} for p in part])]
 
 
 @contextlib.contextmanager

@@ -254,22 +254,41 @@ def count_video_tokens(meta: VideoMeta, processor, sampling: FrameSampling) -> i
     return video_tokens(n, meta.height, meta.width, vp, sampling.min_pixels, sampling.max_pixels)
 
 
+FRAMES_PER_CALL = 128  # frames the video processor converts at a time (see process_video)
+
+
 def process_video(processor, frames: np.ndarray, sampled_fps: float, min_pixels: int | None = None,
-                  max_pixels: int | None = None) -> dict:
+                  max_pixels: int | None = None, frames_per_call: int = FRAMES_PER_CALL) -> dict:
     """Run the checkpoint's video processor on decoded frames.
 
     frames: (T, H, W, 3) uint8. Returns `pixel_values_videos` (N, 3*2*14*14) float32 with N =
     T/2 * H'/14 * W'/14 patches, `video_grid_thw` (1, 3) int64 and `second_per_grid_ts` (1,)
     float32 = temporal_patch_size / sampled_fps, the seconds one temporal patch spans, which
     Qwen2.5-VL's M-RoPE uses to place video tokens in absolute time.
+
+    The processor makes several float copies of what it is given (resized, rescaled and
+    normalised, patched): at 2,048 frames that transient was the peak of an RL step
+    (studies/phase_peak.py). So it runs on `frames_per_call` frames at a time (whole temporal patches) and each
+    call's rows are copied into the one output: the result is the same (every step is per frame
+    or per temporal patch, and rows are temporal-patch-major), the transient a call's.
     """
     vp = _video_processor(processor)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    out = vp(videos=[frames], do_sample_frames=False, return_tensors="pt", cap_pixels_per_frame=False,
-             size=_size(vp, min_pixels, max_pixels))
+    tps = vp.temporal_patch_size
+    step = max(tps, frames_per_call - frames_per_call % tps)
+    pixels, groups = None, 0
+    for start in range(0, len(frames), step):
+        out = vp(videos=[frames[start:start + step]], do_sample_frames=False, return_tensors="pt",
+                 cap_pixels_per_frame=False, size=_size(vp, min_pixels, max_pixels))
+        rows, (t, h, w) = out["pixel_values_videos"], out["video_grid_thw"][0].tolist()
+        if pixels is None:  # every call has the same frame size: h * w rows per temporal patch
+            pixels = rows if step >= len(frames) else rows.new_empty(-(-len(frames) // tps) * h * w, rows.shape[1])
+        if pixels is not rows:
+            pixels[groups * h * w:(groups + t) * h * w] = rows
+        groups += t
     return {
-        "pixel_values_videos": out["pixel_values_videos"],
-        "video_grid_thw": out["video_grid_thw"],
-        "second_per_grid_ts": torch.tensor([vp.temporal_patch_size / sampled_fps], dtype=torch.float32),
+        "pixel_values_videos": pixels,  # (groups * h * w, 3 * tps * 14 * 14)
+        "video_grid_thw": torch.tensor([[groups, h, w]]),
+        "second_per_grid_ts": torch.tensor([tps / sampled_fps], dtype=torch.float32),
     }

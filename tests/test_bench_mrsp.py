@@ -31,9 +31,11 @@ def _rollouts(rank, model_dir, data_dir, out_file):
     calls = []
     trainer.rollout_model.visual.register_forward_hook(lambda *_: calls.append(1))
     items = share_prompts(trainer.load_prompts([2]), trainer.sp_group)
+    copies = [dict(it) for it in items]  # train_rl's encode frees the pixels that the naive one reads again
     cached = Trainer.rollout(trainer, items, Trainer.encode(trainer, items))  # train_rl's path
+    assert all("pixel_values_videos" not in it for it in items)
     encodes_cached = len(calls)
-    naive = trainer.rollout(items, trainer.encode(items))
+    naive = trainer.rollout(copies, trainer.encode(copies))
     torch.save(dict(cached=cached, naive=naive, encodes=(encodes_cached, len(calls) - encodes_cached)), out_file)
 
 

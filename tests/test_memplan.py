@@ -70,8 +70,13 @@ def test_toy_variants_by_hand():
     assert fixed["sync_gather"] == 40 * 4  # the largest tensor, the embedding, in fp32
     assert M.plan(TOY, replace(SETUP, kl=False))["terms"]["reference_weights"] == 0
     assert M.plan(TOY, replace(SETUP, cache_bytes=4))["terms"]["embedding_cache"] == 2 * 4 * 4 * 4
-    cpu = M.plan(TOY, replace(SETUP, host_is_device=True))
-    assert cpu["terms"]["host_pixels"] == 4 * 2 * 4 and cpu["phases"]["update"] == 3152 + 32
+    cpu = M.plan(TOY, replace(SETUP, host_is_device=True))  # decoded pixels encoded in place, freed after
+    assert cpu["terms"]["host_pixels"] == 4 * 2 * 4 and cpu["phases"] == M.plan(TOY, SETUP)["phases"]
+    naive = replace(SETUP, parallel_encode=False, ulysses=False)  # keeps them to encode again
+    kept = M.plan(TOY, replace(naive, host_is_device=True))["phases"]["update"]
+    assert kept == M.plan(TOY, naive)["phases"]["update"] + 32
+    holder = M.plan(TOY, replace(SETUP, host_is_device=True, prompts_per_gpu=0.5))  # decodes all, encodes half
+    assert holder["phases"]["encode"] == M.plan(TOY, replace(SETUP, prompts_per_gpu=0.5))["phases"]["encode"] + 16
     paper = M.plan(TOY, replace(SETUP, prompts_per_gpu=0.5))["terms"]  # one video per SP group of 2
     assert paper["embedding_cache"] == 4 * 4 * 2 and paper["video_pixels"] == 2 * 2 * 4
     assert paper["kv_cache"] == (6 + 0.5 * 2 * 3) * 16  # the prompt's cache, half of its samples

@@ -207,6 +207,13 @@ def _worker(rank, world, port, plan_path, out_dir):
                 for parallel in (True, False):
                     out[f"held_{pattern}_{parallel}_" + "+".join(names)] = torch.cat(
                         sp.encode_videos(model, items, group, parallel, holders))
+        # one video per rank, encoded where it was decoded: the rank's share is its own rows, not a copy
+        mine = plan["videos"]["a"]["pixel_values_videos"]
+        items = [{**plan["videos"]["a"], "pixel_values_videos": mine if r == rank else None} for r in range(world)]
+        grid = torch.cat([it["video_grid_thw"] for it in items])
+        wants = [(a, b) for a, b, _ in sp.split_temporal_groups(grid, world)]
+        rows = sp.fetch_video_rows(items, list(range(world)), wants, group, mine.shape[1], "cpu")
+        out["own_share_is_a_view"] = rows.shape == mine.shape and rows.data_ptr() == mine.data_ptr()
     for name, case in plan["cases"].items():
         out[name] = _model_case(model, case, group)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -270,6 +277,12 @@ def test_encode_from_holders_equals_one_process(run):
             for pattern in ("alternating", "last"):
                 for parallel in (True, False):
                     assert torch.equal(out[f"held_{pattern}_{parallel}_{key}"], expected[key]), (key, pattern)
+
+
+def test_own_share_is_not_copied(run):
+    """Stage 1 at one prompt per rank: each rank encodes the rows it decoded, in place (no pixel copy)."""
+    _, results, _ = run
+    assert all(out["own_share_is_a_view"] for out in results)
 
 
 @pytest.mark.parametrize("case", ["divides", "ragged", "batch"])

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_mp4
 from transformers import Qwen2VLVideoProcessor
 
@@ -128,6 +129,20 @@ def test_pixel_budget_is_respected(counting, vp, max_pixels):
     assert (h * 14, w * 14) == frame_size(56, 84, vp, max_pixels=max_pixels)
     assert out["pixel_values_videos"].shape == (t * h * w, 3 * 2 * 14 * 14)
     assert out["second_per_grid_ts"].tolist() == pytest.approx([2 / video.sampled_fps])
+
+
+@pytest.mark.parametrize("num_frames", [7, 8])
+def test_processing_in_calls_of_a_few_frames_equals_one_call(counting, vp, num_frames):
+    """process_video converts whole temporal patches a few frames at a time: the same rows and grid as one call,
+    also when the frame count is odd (the last patch repeats the last frame)."""
+    video = read_video(counting, FrameSampling(num_frames=8))
+    frames = video.frames[:num_frames]
+    whole = process_video(vp, frames, video.sampled_fps, max_pixels=56 * 84, frames_per_call=1 << 20)
+    for per_call in (2, 3, 4):
+        parts = process_video(vp, frames, video.sampled_fps, max_pixels=56 * 84, frames_per_call=per_call)
+        assert torch.equal(parts["video_grid_thw"], whole["video_grid_thw"])
+        assert torch.equal(parts["pixel_values_videos"], whole["pixel_values_videos"])
+    assert whole["video_grid_thw"][0, 0] == -(-num_frames // 2)
 
 
 def test_resize_keeps_the_aspect_ratio(vp):
