@@ -278,17 +278,22 @@ def forward_sizes(variant: str, n: int) -> dict:
     return dict(micro_batch_size=1, logprob_micro_batch_size=0)
 
 
-def _mrsp_run(work: Path, model_dir: Path, variant: str, frames: int, args) -> dict:
-    """One (variant, frames) run of the Figure-2 workload on 2 processes (`run_trainer`)."""
-    name = f"{variant}-{frames}"
+def trainer_argv(work: Path, model_dir: Path, variant: str, frames: int, args) -> list:
+    """train_rl.py flags of one (variant, frames) run of the Figure-2 workload (args: n, new_tokens, prompts)."""
     argv = [
         "--model.path", model_dir, "--data.train", work / "data/train.jsonl", "--data.frames", frames,
         "--data.max_frames", frames, "--data.max_prompt_tokens", 1 << 20, "--rollout.n", args.n,
         "--rollout.max_new_tokens", args.new_tokens, "--optim.batch_size", args.prompts, "--optim.steps", 100,
         "--algo.kl_coef", 0.01, "--algo.mini_batches", 2,
-        "--run.out", work / "runs" / name, "--run.tensorboard", "false", *MRSP_VARIANTS[variant][1],
+        "--run.out", work / "runs" / f"{variant}-{frames}", "--run.tensorboard", "false", *MRSP_VARIANTS[variant][1],
     ]
-    argv += [x for k, v in forward_sizes(variant, args.n).items() for x in (f"--algo.{k}", v)]
+    return argv + [x for k, v in forward_sizes(variant, args.n).items() for x in (f"--algo.{k}", v)]
+
+
+def _mrsp_run(work: Path, model_dir: Path, variant: str, frames: int, args) -> dict:
+    """One (variant, frames) run of the Figure-2 workload on 2 processes (`run_trainer`)."""
+    name = f"{variant}-{frames}"
+    argv = trainer_argv(work, model_dir, variant, frames, args)
     row = dict(variant=variant, frames=frames, **run_trainer(work, name, variant, argv, args.steps))
     if "error" in row:
         print(f"{frames:>6} {variant:<9} FAILED: {row['error']} (log: {row['log']})", flush=True)

@@ -268,25 +268,29 @@ def process_video(processor, frames: np.ndarray, sampled_fps: float, min_pixels:
 
     The processor makes several float copies of what it is given (resized, rescaled and
     normalised, patched): at 2,048 frames that transient was the peak of an RL step
-    (studies/phase_peak.py). So it runs on `frames_per_call` frames at a time (whole temporal patches) and each
-    call's rows are copied into the one output: the result is the same (every step is per frame
-    or per temporal patch, and rows are temporal-patch-major), the transient a call's.
+    (studies/phase_peak.py). So it runs on `frames_per_call` frames at a time (whole temporal
+    patches) and each call's rows are copied into the one output: the result is the same (every
+    step is per frame or per temporal patch, and rows are temporal-patch-major), the transient a
+    call's.
     """
     vp = _video_processor(processor)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    tps = vp.temporal_patch_size
+    tps, size = vp.temporal_patch_size, _size(vp, min_pixels, max_pixels)
     step = max(tps, frames_per_call - frames_per_call % tps)
-    pixels, groups = None, 0
-    for start in range(0, len(frames), step):
-        out = vp(videos=[frames[start:start + step]], do_sample_frames=False, return_tensors="pt",
-                 cap_pixels_per_frame=False, size=_size(vp, min_pixels, max_pixels))
-        rows, (t, h, w) = out["pixel_values_videos"], out["video_grid_thw"][0].tolist()
-        if pixels is None:  # every call has the same frame size: h * w rows per temporal patch
-            pixels = rows if step >= len(frames) else rows.new_empty(-(-len(frames) // tps) * h * w, rows.shape[1])
-        if pixels is not rows:
+
+    def convert(chunk: np.ndarray) -> tuple[torch.Tensor, int, int, int]:  # (rows, t, h, w)
+        out = vp(videos=[chunk], do_sample_frames=False, return_tensors="pt", cap_pixels_per_frame=False, size=size)
+        return out["pixel_values_videos"], *out["video_grid_thw"][0].tolist()
+
+    pixels, groups, h, w = convert(frames[:step])
+    if step < len(frames):  # more calls: one output, each call's rows copied into place (h * w per group)
+        first, pixels = pixels, pixels.new_empty(-(-len(frames) // tps) * h * w, pixels.shape[1])
+        pixels[:len(first)] = first
+        for start in range(step, len(frames), step):
+            rows, t, _, _ = convert(frames[start:start + step])
             pixels[groups * h * w:(groups + t) * h * w] = rows
-        groups += t
+            groups += t
     return {
         "pixel_values_videos": pixels,  # (groups * h * w, 3 * tps * 14 * 14)
         "video_grid_thw": torch.tensor([[groups, h, w]]),

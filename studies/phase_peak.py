@@ -7,6 +7,7 @@ step, one step whose `timed` phases (decode, share, encode, rollout, old, ref, u
 bench_mrsp's `_StepPeak`. Prints rank 0's peak MB per phase above the step's start, and where the phase began.
 """
 
+import argparse
 import contextlib
 import ctypes
 import gc
@@ -63,12 +64,7 @@ def main(variant: str, frames: int):
     work = Path(tempfile.mkdtemp(prefix="minirl-phase-peak-"))
     synth.generate(work / "data", train=2, test=0, frames=frames, size=56, fps=8, per_video=1)
     model = build_tiny_model(work / "model", synth.corpus(num_videos=32), size=bm.MRSP_SIZE, max_pixels=56**2)
-    argv = ["--model.path", model, "--data.train", work / "data/train.jsonl", "--data.frames", frames,
-            "--data.max_frames", frames, "--data.max_prompt_tokens", 1 << 20, "--rollout.n", 4,
-            "--rollout.max_new_tokens", 16, "--optim.batch_size", 2, "--optim.steps", 100, "--algo.kl_coef", 0.01,
-            "--algo.mini_batches", 2, "--run.out", work / "run", "--run.tensorboard", "false",
-            *bm.MRSP_VARIANTS[variant][1]]
-    argv += [x for k, v in bm.forward_sizes(variant, 4).items() for x in (f"--algo.{k}", v)]
+    argv = bm.trainer_argv(work, model, variant, frames, argparse.Namespace(n=4, new_tokens=16, prompts=2))
     os.environ["OMP_NUM_THREADS"] = "1"
     mp.start_processes(worker, args=(2, free_port(), variant, [str(a) for a in argv], str(work / "out.json")),
                        nprocs=2, start_method="spawn")
