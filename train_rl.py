@@ -32,6 +32,7 @@ rollout), which it defines.
 """
 
 import dataclasses
+import re
 import statistics
 import sys
 from collections import ChainMap
@@ -151,6 +152,7 @@ class Sequence:
     accuracy: float
     format: float
     advantage: float = 0.0
+    category: str | None = None  # the question's category, for per-category metrics
 
 
 class Trainer:
@@ -353,7 +355,8 @@ class Trainer:
             text = self.processor.tokenizer.decode(s.tokens, skip_special_tokens=True)
             total = float(self.reward_fn(text, it["answer"], it["row"]))
             seqs.append(Sequence(it["key"], it["input_ids"], s.tokens, s.logprobs, total,
-                                 accuracy_reward(text, it["answer"], it["row"]), format_reward(text)))
+                                 accuracy_reward(text, it["answer"], it["row"]), format_reward(text),
+                                 category=it["category"]))
         n = self.params.n
         return [seqs[p * n:(p + 1) * n] for p in range(len(items))]
 
@@ -470,9 +473,9 @@ class Trainer:
         total = {k: all_reduce_sum(v) / self.sp for k, v in sums.items()}  # the SP group repeats the sums
         tokens = max(total.get("tokens", 0.0), 1.0)
         # one gather of every sample's (reward, accuracy, format, |advantage|, length) over the world
-        rows = [(s.reward, s.accuracy, s.format, abs(s.advantage), len(s.response)) for s in mine]
+        rows = [(s.reward, s.accuracy, s.format, abs(s.advantage), len(s.response), s.category) for s in mine]
         rows = [r for part in all_gather_objects(rows) for r in part]
-        rewards, accuracy, fmt, abs_adv, lengths = (list(col) for col in zip(*rows, strict=True))
+        rewards, accuracy, fmt, abs_adv, lengths, categories = (list(col) for col in zip(*rows, strict=True))
         steps = sums["optimizer_steps"]  # the same on every rank
         return {
             "reward/overall": statistics.fmean(rewards), "reward/accuracy": statistics.fmean(accuracy),
@@ -489,6 +492,7 @@ class Trainer:
             "response_length/mean": statistics.fmean(lengths), "response_length/max": max(lengths),
             "response_length/clip_ratio": statistics.fmean(float(n == cfg.rollout.max_new_tokens) for n in lengths),
             "sampling/dropped_groups": all_reduce_sum(stats["dropped_groups"]), "sampling/rounds": stats["rounds"],
+            **category_metrics(categories, accuracy, abs_adv),
             **{f"timing_s/{k}": v for k, v in times.items()},
         }
 
@@ -501,6 +505,20 @@ class Trainer:
     def save(self):
         save_checkpoint(self.out, self.step_num, self.model, self.optimizer, self.scheduler,
                         extra={"cursor": self.cursor, "skipped_in_a_row": self.skipped_in_a_row})
+
+
+def category_metrics(categories: list, accuracy: list[float], abs_adv: list[float]) -> dict:
+    """Per question category: the samples' accuracy and the category's share of the step's summed
+    |advantage|, i.e. which questions push the update (with dynamic sampling, only groups that were
+    kept). Empty when the data has no categories."""
+    total = sum(abs_adv) or 1.0
+    out = {}
+    for cat in sorted({c for c in categories if c}):
+        mine = [i for i, c in enumerate(categories) if c == cat]
+        slug = re.sub(r"[^a-z0-9]+", "_", cat.lower()).strip("_")
+        out[f"reward/accuracy/{slug}"] = statistics.fmean(accuracy[i] for i in mine)
+        out[f"advantage/share/{slug}"] = sum(abs_adv[i] for i in mine) / total
+    return out
 
 
 PRINTED = ["reward/overall", "reward/accuracy", "reward/format", "actor/pg_loss", "actor/clipfrac_high",

@@ -239,6 +239,18 @@ def test_rl_raises_an_easy_reward(setup, tmp_path):
     metrics = run_rl(1, argv, tmp_path, steps=15)["metrics"]
     rewards = [m["reward/overall"] for m in metrics]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.05, rewards
+    shares = {k: v for k, v in metrics[0].items() if k.startswith("advantage/share/")}
+    assert len(shares) >= 2 and abs(sum(shares.values()) - 1) < 1e-6, shares  # synth's categories
+
+
+def test_category_metrics():
+    from train_rl import category_metrics
+
+    got = category_metrics(["Goal & Purpose", "Goal & Purpose", "Spatial", "Spatial", None],
+                           [1.0, 0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.5, 1.5, 4.0])
+    assert got == {"reward/accuracy/goal_purpose": 0.5, "advantage/share/goal_purpose": 0.25,
+                   "reward/accuracy/spatial": 1.0, "advantage/share/spatial": 0.25}
+    assert category_metrics([None, None], [1.0, 0.0], [1.0, 1.0]) == {}
 
 
 def test_resume_is_exact(setup, tmp_path):
