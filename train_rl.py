@@ -472,7 +472,7 @@ class Trainer:
         cfg = self.cfg
         total = {k: all_reduce_sum(v) / self.sp for k, v in sums.items()}  # the SP group repeats the sums
         tokens = max(total.get("tokens", 0.0), 1.0)
-        # one gather of every sample's (reward, accuracy, format, |advantage|, length) over the world
+        # one gather of every sample's (reward, accuracy, format, |advantage|, length, category) over the world
         rows = [(s.reward, s.accuracy, s.format, abs(s.advantage), len(s.response), s.category) for s in mine]
         rows = [r for part in all_gather_objects(rows) for r in part]
         rewards, accuracy, fmt, abs_adv, lengths, categories = (list(col) for col in zip(*rows, strict=True))
