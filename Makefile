@@ -14,9 +14,9 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	$(PY) demo.py --out $(RUN)
 
-# Rebuilds the shipped perception base models/base (about 90 minutes on 2 cores; see demo.py BASE_RECIPE).
+# Rebuilds the shipped perception base models/base (about 90 minutes on 2 cores; see pretrain_base.py BASE_RECIPE).
 base: $(VENV)/.installed
-	$(PY) demo.py --pretrain-base models/base --out runs/base
+	$(PY) pretrain_base.py --out models/base --work runs/base
 
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests

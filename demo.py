@@ -4,23 +4,23 @@
    fixed option list per category), its training questions split 1/3 for SFT and 2/3 for RL as in
    the paper                                                            minirl/synth.py
 2. start from the perception base models/base when there is one (a tiny Qwen2.5-VL pretrained to
-   caption synthetic videos, see `--pretrain-base`), else from a random tiny model; evaluate it
+   caption synthetic videos; `make base` rebuilds it with pretrain_base.py), else from a random tiny
+   model; evaluate it
 3. CoT-SFT with `torchrun --nproc_per_node 2` (sp = 2)                 train_sft.py
 4. evaluate (with the video-ablation control), then curate the RL questions: keep those the SFT
-   model answers right sometimes but not always                        eval.py --curate
+   model answers right sometimes but not always                        evaluate.py --curate
 5. GRPO on the curated questions with torchrun (sp = 2)                train_rl.py
 6. evaluate with the control, the frame-scaling table, plots (PNG)
 
 Every step is a command printed before it runs, so any of them can be re-run by hand.
 `--quick` shrinks everything to a smoke test of the pipeline (it does not learn).
-`--pretrain-base DIR` runs the perception-base recipe instead (see BASE_RECIPE).
+What it runs and shows, with its results: docs/demo.md.
 """
 
 import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -51,38 +51,6 @@ QUICK = dict(
     eval_max_new_tokens=8,
     base_eval_examples=4,
 )
-# The perception-base recipe (`python demo.py --pretrain-base DIR`, `make base`), in two parts.
-# 1. train_sft.py teaches a random tiny Qwen2.5-VL (`rope_theta` 3, vision tower trained) to caption
-#    dense videos (1-3 long events: every event the sampled frames show, in time order, with its
-#    place), in stages of falling lr. No benchmark question is in this data.
-# 2. studies/perception.py continues it on freshly rendered caption videos, one change per run
-#    (README, "What make demo shows"): theta 1e4 (so a query can match a key's content at any
-#    distance) with half the caption requests after an unrelated benchmark question; then the
-#    benchmark's sparse videos mixed in; then `spatial_merge_size` 4 (a 56-px frame is one token,
-#    so where a shape is becomes the token's content); then longer, then on new videos; then with
-#    30% of the prompts asking where one named event is (grounding: read the event a prompt names).
-BASE_RECIPE = dict(
-    synth=dict(train=2000, test=100, frames=128, size=56, captions=32),
-    rope_theta=3.0,
-    stages=[dict(steps=700, lr=3e-3, warmup_steps=20), dict(steps=300, lr=1e-3, warmup_steps=0)],
-    batch_size=16,
-    perception_flags=dict(question_mix=0.5, synth_dense=True, frames=32, lr=1e-3),
-    perception=[dict(init_theta=10000, steps=400),
-                dict(sparse_fraction=0.6, train_videos=1500, steps=1091),
-                dict(init_merge=4, sparse_fraction=0.6, train_videos=1500, steps=400),
-                dict(sparse_fraction=0.6, train_videos=1500, steps=1453),
-                dict(sparse_fraction=0.6, train_videos=1500, steps=1500, seed=1),
-                dict(grounding=0.3, sparse_fraction=0.6, train_videos=1500, steps=800, seed=2)],
-)
-BASE_QUICK = dict(  # the same commands, a few steps each: a smoke test of the recipe's plumbing
-    synth=dict(train=16, test=2, frames=64, size=56, captions=16), rope_theta=3.0,
-    stages=[dict(steps=2, lr=3e-3, warmup_steps=1)], batch_size=4,
-    perception_flags={**BASE_RECIPE["perception_flags"], "batch": 4, "test_videos": 4, "train_videos": 8,
-                      "warmup": 1},
-    perception=[{**stage, "steps": 2, "train_videos": 8} for stage in BASE_RECIPE["perception"]],
-)
-
-
 def run(cmd: list, log: Path):
     """Run one pipeline command, echoing it, with its output kept in `log`."""
     print(f"\n$ {shlex.join(str(c) for c in cmd)}", flush=True)
@@ -105,7 +73,7 @@ def evaluate(model: Path, data: Path, frames: int, out: Path, recipe: dict, abla
     if not table_path.exists():
         preds = table_path.with_suffix(".predictions.jsonl")
         preds.unlink(missing_ok=True)
-        run([sys.executable, "eval.py", "--model", model, "--data", data / "test.jsonl", "--frames", frames,
+        run([sys.executable, "evaluate.py", "--model", model, "--data", data / "test.jsonl", "--frames", frames,
              "--max-new-tokens", recipe["eval_max_new_tokens"], "--batch-size", 16, "--out", preds,
              "--json", table_path, *(["--video-ablation"] if ablation else []),
              *(["--limit", limit] if limit else [])],
@@ -137,46 +105,6 @@ def sft_args(sft: dict, model: Path, train: Path, frames: int, out: Path, **extr
             "run.tensorboard": "false", "optim.steps": sft["steps"], "optim.batch_size": sft["batch_size"],
             "optim.micro_batch_size": sft["micro_batch_size"], "optim.lr": sft["lr"],
             "optim.warmup_steps": sft["warmup_steps"], "data.frame_cache_mb": 512, "run.out": out, **extra}
-
-
-def cli_flags(options: dict) -> list:
-    """{"sparse_fraction": 0.6, "synth_dense": True} -> ["--sparse-fraction", 0.6, "--synth-dense"]"""
-    flags = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        flags += [flag] if value is True else [flag, value]
-    return flags
-
-
-def pretrain_base(dest: Path, work: Path, recipe: dict):
-    """Run BASE_RECIPE: captioning with train_sft.py stage by stage, then the perception.py runs."""
-    (work / "logs").mkdir(parents=True, exist_ok=True)
-    data, model = work / "data", work / "init"
-    s = recipe["synth"]
-    if not (data / "test.jsonl").exists():
-        run([sys.executable, "-m", "minirl.synth", "--out", data, "--train", s["train"], "--test", s["test"],
-             "--frames", s["frames"], "--size", s["size"], "--captions", s["captions"], "--dense", "--seed", 1000],
-            work / "logs/synth.log")
-    if not (model / "config.json").exists():
-        run([sys.executable, "-m", "minirl.tiny", "--out", model, "--rope-theta", recipe["rope_theta"]],
-            work / "logs/model.log")
-    for i, stage in enumerate(recipe["stages"]):
-        if not (work / f"stage{i}/hf/config.json").exists():
-            sft = {**stage, "batch_size": recipe["batch_size"], "micro_batch_size": recipe["batch_size"]}
-            torchrun("train_sft.py", sft_args(sft, model, data / "train.jsonl", s["captions"], work / f"stage{i}",
-                                              **{"model.train_vision": "true", "run.seed": i}),
-                     work / f"logs/stage{i}.log")
-        model = work / f"stage{i}" / "hf"
-    for i, stage in enumerate(recipe["perception"]):
-        out = work / f"perception{i}"
-        if not (out / "config.json").exists():
-            flags = cli_flags({**recipe["perception_flags"], **stage})
-            run([sys.executable, "studies/perception.py", "--init", model, *flags, "--save", out,
-                 "--json", work / f"perception{i}.json"], work / f"logs/perception{i}.log")
-        model = out
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(model, dest)
-    print(f"wrote the perception base to {dest}")
 
 
 def plot(out: Path, frames: int, rl_eval_examples: int):
@@ -226,18 +154,12 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="seed of SFT and RL (the benchmark is fixed)")
     parser.add_argument("--benchmark", choices=("easy", "full"), default="easy",
                         help="easy: one template per category with a fixed option list (synth --easy); full: two "
-                             "templates per category, options shuffled (not learned yet, README)")
+                             "templates per category, options shuffled (not learned yet, docs/demo.md)")
     parser.add_argument("--base", default=str(BASE), help="the perception base checkpoint to start from")
-    parser.add_argument("--pretrain-base", default=None, metavar="DIR",
-                        help="instead of the demo, rebuild the perception base into DIR (BASE_RECIPE)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     start = time.time()
-    if args.pretrain_base:
-        pretrain_base(Path(args.pretrain_base).resolve(), out, BASE_QUICK if args.quick else BASE_RECIPE)
-        print(f"({(time.time() - start) / 60:.1f} min)")
-        return
     recipe = QUICK if args.quick else RECIPE
     data, base, py = out / "data", Path(args.base).resolve(), sys.executable
 
@@ -249,9 +171,9 @@ def main():
             out / "logs/synth.log")
     base_name = "perception base"
     if not (base / "config.json").exists():
-        # No perception base in this checkout (README, "What make demo shows"): start from a random
-        # tiny Qwen2.5-VL, as a user without a pretrained checkpoint would.
-        print(f"no perception base at {base}: starting from a random tiny model (see README)")
+        # No perception base in this checkout (docs/demo.md; `make base` rebuilds it): start from a
+        # random tiny Qwen2.5-VL, as a user without a pretrained checkpoint would.
+        print(f"no perception base at {base}: starting from a random tiny model (see docs/demo.md)")
         base, base_name = out / "model", "random init"
         if not (base / "config.json").exists():
             run([py, "-m", "minirl.tiny", "--out", base, "--corpus", data / "train.jsonl"], out / "logs/model.log")
@@ -270,7 +192,7 @@ def main():
     curated = data / "train_rl_curated.jsonl"
     if not curated.exists():
         c = recipe["curate"]
-        run([py, "eval.py", "--model", out / "sft/hf", "--data", rl_train, "--frames", frames,
+        run([py, "evaluate.py", "--model", out / "sft/hf", "--data", rl_train, "--frames", frames,
              "--n", c["n"], "--temperature", c["temperature"], "--max-new-tokens", recipe["eval_max_new_tokens"],
              "--batch-size", 16, "--limit", c["limit"], "--out", out / "curate.predictions.jsonl",
              "--curate", curated],

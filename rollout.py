@@ -369,3 +369,22 @@ def sample(model: QwenVL, prompts: list[tuple[torch.Tensor, torch.Tensor]], para
         rollout.samples.append(Sample(slot // n, tokens_out[slot][:length], logprobs_out[slot][:length],
                                       reason))
     return rollout
+
+
+def kv_waves(prompt_tokens: list[int], n: int, response: int, bytes_per_token: int, budget: float) -> list[list[int]]:
+    """The rollout's prompts in consecutive waves whose KV cache fits `budget` bytes (0: one wave).
+
+    A prompt's cache is its prompt tokens plus n response caches of `response` tokens,
+    `bytes_per_token` each (the memory plan's `kv_cache` term, `minirl.memplan`). A prompt that alone
+    exceeds the budget goes in a wave of its own: the budget bounds a batch, never drops a prompt.
+    """
+    waves, used = [], 0
+    for i, tokens in enumerate(prompt_tokens):
+        need = (tokens + n * response) * bytes_per_token
+        if waves and (budget <= 0 or used + need <= budget):
+            waves[-1].append(i)
+            used += need
+        else:
+            waves.append([i])
+            used = need
+    return waves

@@ -30,78 +30,17 @@ Conventions that keep the pieces exact (every one is tested against one process)
 - Process groups are always passed in; nothing here is global.
 """
 
+import dataclasses
 import math
-import os
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.device_mesh import init_device_mesh
 
 from minirl.data import IGNORE_INDEX
+from minirl.distributed import all_gather_objects, validate_layout
 from minirl.model import sdpa_attention
 from minirl.packing import Packed, grouped_attention
-
-# ----------------------------------------------------------------------------- setup
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def validate_layout(world: int, dp: int, sp: int, num_heads: int | None = None,
-                    num_kv_heads: int | None = None) -> None:
-    """Check the parallel degrees up front, with errors that name every number and the fix.
-
-    Ulysses gives each SP rank num_heads / sp query heads, so sp must divide num_heads. Any
-    num_kv_heads works (KV heads are replicated when there are fewer than sp, see
-    `kv_replication`) as long as it is a valid GQA grouping of the query heads.
-    """
-    if dp < 1 or sp < 1:
-        raise ValueError(f"dp={dp} and sp={sp} must both be >= 1")
-    if dp * sp != world:
-        raise ValueError(
-            f"dp={dp} x sp={sp} = {dp * sp} does not equal the world size {world}: launch "
-            f"{dp * sp} processes, or choose sp from {_divisors(world)} and dp = {world} / sp"
-        )
-    if num_heads is not None and num_heads % sp:
-        raise ValueError(
-            f"sp={sp} does not divide num_heads={num_heads}: Ulysses gives each rank num_heads/sp "
-            f"attention heads; choose sp from {_divisors(num_heads)}"
-        )
-    if num_heads is not None and num_kv_heads is not None and num_heads % num_kv_heads:
-        raise ValueError(
-            f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}: not a GQA model config"
-        )
-
-
-def init_distributed(sp: int = 1):
-    """(rank, world, device, mesh) from torchrun's environment; one process without torchrun.
-
-    The mesh is `DeviceMesh(("dp", "sp"))` with sp innermost, so an SP group is consecutive
-    ranks (one node: the all-to-alls stay on the fast links). Backend: nccl on CUDA, gloo on
-    CPU. Without torchrun (no RANK in the environment) this is a world of one whose group lives
-    in an in-memory store: no port is opened.
-    """
-    cuda = torch.cuda.is_available()
-    backend = "nccl" if cuda else "gloo"
-    torchrun = "RANK" in os.environ
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    dp = world // sp if 0 < sp <= world else 1  # a wrong sp makes dp * sp != world: a named error
-    validate_layout(world, dp, sp)
-    if cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if torchrun:
-        dist.init_process_group(backend)  # MASTER_ADDR / MASTER_PORT from torchrun
-    else:
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    mesh = init_device_mesh(device.type, (dp, sp), mesh_dim_names=("dp", "sp"))
-    return rank, world, device, mesh
-
 
 # ----------------------------------------------------------------------------- shard / gather
 
@@ -223,6 +162,24 @@ def ulysses_attn_fn(group, inner=sdpa_attention):
 # ----------------------------------------------------------------------------- parallel encoding
 
 
+def share_prompts(mine: list, group) -> list:
+    """The prompts of every rank of the SP `group`, in rank order, each with `holder`: the group
+    rank that decoded it. Only the small fields travel (token ids, positions, video grid, answer);
+    a video's pixel rows stay on its holder, and MR-SP stage 1 (`encode_videos`) sends each rank
+    only the rows it encodes. `mine` are dataclasses with `holder` and `pixel_values_videos`
+    fields; this rank's own are returned as the very objects of `mine` (holder set in place), so
+    freeing their pixels in one frees them in both."""
+    me = dist.get_rank(group)
+    for prompt in mine:
+        prompt.holder = me
+    light = [dataclasses.replace(p, pixel_values_videos=None) for p in mine]
+    parts = all_gather_objects(light, group)
+    for r, part in enumerate(parts):
+        for p in part:
+            p.holder = r
+    return [p for r, part in enumerate(parts) for p in (mine if r == me else part)]
+
+
 def split_temporal_groups(video_grid_thw: torch.Tensor, parts: int):
     """Contiguous shares of all temporal patch groups (of all videos, in order) for `parts` ranks.
 
@@ -301,12 +258,13 @@ def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: to
     return _GatherShares.apply(local, sizes, group)
 
 
-def fetch_video_rows(items: list[dict], holders: list[int], wants: list[tuple[int, int]], group,
-                     dim: int, device) -> torch.Tensor:
-    """Rows [start, end) = wants[rank] of the items' pixel_values_videos concatenated in order,
-    fetched from the SP ranks that hold them: (end - start, D = dim).
+def fetch_video_rows(pixels: list[torch.Tensor | None], grids: list[torch.Tensor], holders: list[int],
+                     wants: list[tuple[int, int]], group, dim: int, device) -> torch.Tensor:
+    """Rows [start, end) = wants[rank] of the videos' pixel rows concatenated in order, fetched
+    from the SP ranks that hold them: (end - start, D = dim).
 
-    Item i's pixel rows exist on rank holders[i] only (the rank that decoded its video). One
+    Video i's pixel rows (`pixels[i]`, grid `grids[i]`) exist on rank holders[i] only (the rank
+    that decoded it; elsewhere pixels[i] may be None). One
     uneven all-to-all moves, from each holder to each rank, exactly the rows that rank wants and
     nothing else: with parallel encoding a rank receives its own share of the frames, not the
     whole group's videos. Rows a rank holds itself never enter the exchange buffers, and a
@@ -314,8 +272,8 @@ def fetch_video_rows(items: list[dict], holders: list[int], wants: list[tuple[in
     (one prompt per rank), stage 1 copies no pixels at all.
     """
     P, me = dist.get_world_size(group), dist.get_rank(group)
-    counts = [int(it["video_grid_thw"].prod(1).sum()) for it in items]  # patch rows per item
-    starts = [sum(counts[:i]) for i in range(len(items))]
+    counts = [int(g.prod(1).sum()) for g in grids]  # patch rows per video
+    starts = [sum(counts[:i]) for i in range(len(grids))]
 
     def pieces(sender: int, receiver: int) -> list[tuple[int, int, int]]:
         """(item, first row, end row) in the item's own rows: what `sender` sends `receiver`."""
@@ -325,7 +283,7 @@ def fetch_video_rows(items: list[dict], holders: list[int], wants: list[tuple[in
 
     outgoing = [[] if r == me else pieces(me, r) for r in range(P)]  # per receiver
     incoming = [[] if r == me else pieces(r, me) for r in range(P)]  # per sender
-    send = [items[i]["pixel_values_videos"][a:b] for out in outgoing for i, a, b in out]
+    send = [pixels[i][a:b] for out in outgoing for i, a, b in out]
     send = torch.cat(send).to(device) if send else torch.zeros(0, dim, device=device)  # (rows out, D)
     sizes_in = [b - a for inc in incoming for _, a, b in inc]  # per piece, arrival order
     recv = send.new_empty(sum(sizes_in), dim)  # (rows in, D)
@@ -334,39 +292,39 @@ def fetch_video_rows(items: list[dict], holders: list[int], wants: list[tuple[in
     del send
     arrived = [(i, a) for inc in incoming for i, a, _ in inc]  # (item, first row) of each piece
     got = list(zip(arrived, recv.split(sizes_in), strict=True))
-    got += [((i, a), items[i]["pixel_values_videos"][a:b].to(device)) for i, a, b in pieces(me, me)]
+    got += [((i, a), pixels[i][a:b].to(device)) for i, a, b in pieces(me, me)]
     chunks = [chunk for _, chunk in sorted(got, key=lambda piece: piece[0])]  # item order
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks or [recv])
 
 
-def encode_videos(model, items: list[dict], group, parallel: bool = True,
-                  holders: list[int] | None = None) -> list[torch.Tensor]:
-    """MR-SP stage 1 for a list of examples: one (N_i, C) video embedding per item, in order.
+def encode_videos(model, grids: list[torch.Tensor], pixels: list[torch.Tensor | None], group,
+                  parallel: bool = True, holders: list[int] | None = None) -> list[torch.Tensor]:
+    """MR-SP stage 1 for a list of videos: one (N_i, C) embedding per video, in order.
 
-    All videos are encoded in one call, their temporal groups split across the SP `group`
+    Video i is `pixels[i]` (pixel_values_videos, (rows, D)) with grid `grids[i]` (1, 3). All
+    videos are encoded in one call, their temporal groups split across the SP `group`
     (parallel=True) or all on this rank (parallel=False, the ablation). `holders`: the SP rank
-    that holds each item's pixel_values_videos (the others may lack them); each rank then
-    receives only the rows it encodes (`fetch_video_rows`): its share, or every row for the
-    ablation. None: every rank holds every item's pixels. Autograd records the encoding only
-    when grad mode is on and the vision tower is trained.
+    that holds each video's pixels (the others may pass None); each rank then receives only the
+    rows it encodes (`fetch_video_rows`): its share, or every row for the ablation. None: every
+    rank holds every video's pixels. Autograd records the encoding only when grad mode is on
+    and the vision tower is trained.
     """
     if model.visual is None:
         raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
-    grid = torch.cat([it["video_grid_thw"] for it in items])  # (videos, 3)
+    grid = torch.cat(grids)  # (videos, 3)
     P, v = dist.get_world_size(group), model.visual.config
     dim = v.in_channels * v.temporal_patch_size * v.patch_size**2  # pixels per patch row
     if holders is None or P == 1:
-        pixels = [it["pixel_values_videos"] for it in items]
-        pixels = (pixels[0] if len(pixels) == 1 else torch.cat(pixels)).to(model.device)  # (sum rows, D)
-        embeds = parallel_encode(model, pixels, grid, group) if parallel else model.encode_video(pixels, grid)
+        rows = (pixels[0] if len(pixels) == 1 else torch.cat(pixels)).to(model.device)  # (sum rows, D)
+        embeds = parallel_encode(model, rows, grid, group) if parallel else model.encode_video(rows, grid)
     elif parallel:
         wants = [(start, end) for start, end, _ in split_temporal_groups(grid, P)]
-        pixels = fetch_video_rows(items, holders, wants, group, dim, model.device)  # (this rank's rows, D)
-        embeds = parallel_encode(model, pixels, grid, group, share_only=True)
+        rows = fetch_video_rows(pixels, grids, holders, wants, group, dim, model.device)  # (this rank's rows, D)
+        embeds = parallel_encode(model, rows, grid, group, share_only=True)
     else:
-        rows = int(grid.prod(1).sum())
-        pixels = fetch_video_rows(items, holders, [(0, rows)] * P, group, dim, model.device)  # (sum rows, D)
-        embeds = model.encode_video(pixels, grid)
+        total = int(grid.prod(1).sum())
+        rows = fetch_video_rows(pixels, grids, holders, [(0, total)] * P, group, dim, model.device)  # (total, D)
+        embeds = model.encode_video(rows, grid)
     return split_video_embeds(embeds, grid, model.config.spatial_merge_size)
 
 

@@ -8,10 +8,10 @@ group then train on the union of their groups' sequences, each sequence split al
 across the group (Ulysses), and FSDP2 shards the weights over all ranks.
 
 A step (`Trainer.step`), one call each:
-1. `encode`     decode this rank's videos once (`load_prompts`), share the prompts (not the
-                pixels) over the SP group (`share_prompts`); MR-SP stage 1 sends each rank only
-                the frames it encodes and gathers the embeddings into the step's cache,
-                {prompt key: video embeddings}, a value handed to every stage below.
+1. `encode`     decode this rank's videos once (`load_prompts`, one `Prompt` each), share the
+                prompts (not the pixels) over the SP group (`sp.share_prompts`); MR-SP stage 1
+                sends each rank only the frames it encodes and gathers the embeddings into the
+                step's cache, {prompt key: video embeddings}, a value handed to every stage below.
 2. `rollout`    the batched KV-cache sampler (rollout.py) on an unsharded copy of the current
                 weights (like the vLLM engine of Long-RL / veRL), n samples per prompt.
 3. `score`      reward.py per sample. `collect` runs 1-3; with DAPO dynamic sampling it drops
@@ -27,8 +27,9 @@ A step (`Trainer.step`), one call each:
 
 Ablations: `--parallel.parallel_encode false` encodes each video on one rank, `--parallel.sp 1`
 turns off stage 2, `--mrsp.shared_prefix false` runs one (prompt + response) row per sample;
-bench_mrsp.py measures them against the naive baseline (no embedding cache, one prefill per
-rollout), which it defines.
+`python -m bench mrsp` measures them against the naive baseline (bench/naive.py: no embedding
+cache, one prefill per rollout). The set-up and the end of the run are minirl/run.py's, shared
+with SFT.
 """
 
 import dataclasses
@@ -38,46 +39,21 @@ import sys
 from collections import ChainMap
 from functools import partial
 from itertools import groupby
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
-from transformers import AutoProcessor
 
-from eval import evaluate_copy, print_table
+from evaluation import evaluate_run
 from minirl import config as C
-from minirl.checkpoint import export_hf, latest_checkpoint, load_checkpoint, save_checkpoint
-from minirl.data import IGNORE_INDEX, rl_example
+from minirl.data import IGNORE_INDEX, global_indices, rl_example
+from minirl.distributed import all_gather_objects, all_reduce_sum, backward, count_skipped, optimizer_step, sync_weights
 from minirl.loss import compute_advantages, grpo_loss
-from minirl.memplan import kv_waves
-from minirl.model import QwenVL, load_model
-from minirl.packing import micro_batches
+from minirl.model import rope_index
+from minirl.packing import build_micro_batch, build_packed_batch, micro_batches, scatter_like
 from minirl.reward import accuracy_reward, format_reward, load_reward_fn, reward
-from minirl.trainer import (
-    MetricsLog,
-    all_gather_objects,
-    all_reduce_sum,
-    backward,
-    build_micro_batch,
-    build_packed_batch,
-    compute_dtype,
-    count_skipped,
-    frame_sampling,
-    global_indices,
-    load_dataset,
-    make_optimizer,
-    make_scheduler,
-    optimizer_step,
-    scatter_like,
-    sequence_positions,
-    shard_model,
-    share_prompts,
-    sync_weights,
-    timed,
-)
-from rollout import Sample, SamplingParams, sample
-from sp import encode_videos, init_distributed, sp_packed_logprobs, sp_token_logprobs, validate_layout
+from minirl.run import start_run, timed
+from rollout import Sample, SamplingParams, kv_waves, sample
+from sp import encode_videos, share_prompts, sp_packed_logprobs, sp_token_logprobs
 
 
 @dataclasses.dataclass
@@ -103,11 +79,8 @@ class AlgoConfig:
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per epoch over one rollout batch
-    # samples per forward, per SP group; with mrsp.shared_prefix whole groups of k = n / mini_batches samples, as
-    # many as fit (minirl.packing.micro_batches): 8 fits the default group, one prompt computation per group
-    micro_batch_size: int = 8
-    # samples per old/ref log-prob forward (no grad, so no activations are kept); 0: micro_batch_size. With the
-    # shared prefix, rollout.n packs all of a prompt's samples with one copy of it (veRL: log_prob_micro_batch_size)
+    # samples per old/ref log-prob forward (no grad, so no activations are kept); 0: optim.micro_batch_size. With
+    # the shared prefix, rollout.n packs all of a prompt's samples with one copy of it (veRL: log_prob_micro_batch_size)
     logprob_micro_batch_size: int = 0
     dynamic_sampling: bool = False  # DAPO: drop groups with zero reward variance and refill
     max_sampling_tries: int = 4
@@ -116,15 +89,12 @@ class AlgoConfig:
     format_weight: float = 0.1
 
 
-@dataclasses.dataclass
-class OptimConfig:
-    steps: int = 50
-    batch_size: int = 8  # prompts per step, whole world (each yields rollout.n sequences)
-    lr: float = 1e-5
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_skipped_steps: int = 3  # stop after this many NaN/inf optimizer steps in a row (0: never)
+def rl_optim() -> C.OptimConfig:
+    """RL's optimizer defaults. batch_size: prompts per step, whole world (each yields rollout.n sequences);
+    micro_batch_size: samples per forward, per SP group; with mrsp.shared_prefix whole groups of
+    k = n / mini_batches samples, as many as fit (minirl.packing.micro_batches): 8 fits the default group,
+    one prompt computation per group."""
+    return C.OptimConfig(steps=50, batch_size=8, micro_batch_size=8, lr=1e-5, warmup_steps=0)
 
 
 @dataclasses.dataclass
@@ -133,7 +103,7 @@ class RLConfig:
     data: C.DataConfig = dataclasses.field(default_factory=C.DataConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    optim: C.OptimConfig = dataclasses.field(default_factory=rl_optim)
     parallel: C.ParallelConfig = dataclasses.field(default_factory=C.ParallelConfig)
     mrsp: C.MRSPConfig = dataclasses.field(default_factory=C.MRSPConfig)
     eval: C.EvalConfig = dataclasses.field(default_factory=C.EvalConfig)
@@ -141,11 +111,32 @@ class RLConfig:
 
 
 @dataclasses.dataclass
+class Prompt:
+    """One RL prompt as it flows through a step.
+
+    `load_prompts` builds it on the rank that decodes its video (its `holder`); `share_prompts`
+    hands every rank of the SP group a copy without the pixels; `encode` frees the holder's
+    pixels once the step's cache holds the video's embeddings (unless the update encodes the
+    video again: a trained vision tower). Every later stage finds it by `key`.
+    """
+
+    key: int  # its position in the seeded data stream: unique in a step, the same under every layout;
+    # it keys the embedding cache and seeds the prompt's rollouts
+    input_ids: torch.Tensor  # (L,) the chat prompt, one <|video_pad|> slot per video token
+    positions: torch.Tensor  # (3, L) its M-RoPE positions, computed once: the sampler's and the trainer's
+    video_grid_thw: torch.Tensor  # (1, 3)
+    answer: str
+    row: dict  # the jsonl row (what a custom reward may read)
+    category: str | None  # for per-category metrics
+    holder: int = 0  # the SP rank that decoded the video: the one rank holding its pixels
+    pixel_values_videos: torch.Tensor | None = None  # (rows, D) on the holder, until `encode` frees them
+
+
+@dataclasses.dataclass
 class Sequence:
     """One rollout sample with everything the trainer needs."""
 
-    key: int  # its prompt's position in the seeded data stream (`load_prompts`): the embedding-cache key
-    prompt_ids: torch.Tensor
+    key: int  # its prompt's key
     response: list[int]
     sampler_logprobs: list[float]
     reward: float
@@ -156,67 +147,37 @@ class Sequence:
 
 
 class Trainer:
-    """Holds the models and the run state; `step()` is one RL step."""
+    """Holds the run (minirl.run.Run: models, optimizer, data, log) and the RL state; `step()` is one RL step."""
 
     def __init__(self, cfg: RLConfig):
         self.cfg = cfg
-        if cfg.algo.micro_batch_size < 1 or cfg.algo.logprob_micro_batch_size < 0:
-            raise ValueError(f"algo.micro_batch_size={cfg.algo.micro_batch_size} must be >= 1 and "
+        if cfg.optim.micro_batch_size < 1 or cfg.algo.logprob_micro_batch_size < 0:
+            raise ValueError(f"optim.micro_batch_size={cfg.optim.micro_batch_size} must be >= 1 and "
                              f"algo.logprob_micro_batch_size={cfg.algo.logprob_micro_batch_size} >= 0 (0: the former)")
-        self.rank, self.world, self.device, mesh = init_distributed(cfg.parallel.sp)
-        self.sp_group, self.sp = mesh["sp"].get_group(), cfg.parallel.sp
         if cfg.rollout.n % cfg.algo.mini_batches:
             raise ValueError(f"rollout.n={cfg.rollout.n} must divide by algo.mini_batches={cfg.algo.mini_batches}: "
                              "each mini-batch takes the same share of every prompt's samples")
+        self.run = start_run(cfg, reference=cfg.algo.kl_coef > 0)
+        # the policy (fp32 masters, FSDP2), its unsharded copy the sampler decodes with, the reference (or None)
+        self.model, self.rollout_model, self.ref_model = self.run.model, self.run.copy, self.run.ref
+        self.rank, self.world, self.sp_group = self.run.rank, self.run.world, self.run.sp_group
         if cfg.optim.batch_size % self.world:
             raise ValueError(f"optim.batch_size={cfg.optim.batch_size} prompts must divide by the world size "
                              f"{self.world}: every rank rolls out the same number of prompts")
         self.per_rank = cfg.optim.batch_size // self.world
-        k, mb = cfg.rollout.n // cfg.algo.mini_batches, cfg.algo.micro_batch_size  # k: samples of a prompt per mini
+        k, mb = cfg.rollout.n // cfg.algo.mini_batches, cfg.optim.micro_batch_size  # k: samples of a prompt per mini
         if cfg.mrsp.shared_prefix and mb < k and self.rank == 0:
-            print(f"warning: algo.micro_batch_size={mb} cuts the {k} samples of a prompt in a mini-batch: the update "
+            print(f"warning: optim.micro_batch_size={mb} cuts the {k} samples of a prompt in a mini-batch: the update "
                   f"computes each prompt {-(-k // mb)} times; {k} or more computes it once", file=sys.stderr)
         self.on_policy = cfg.algo.ppo_epochs == 1 and cfg.algo.mini_batches == 1  # old log-probs = current
-        self.out = Path(cfg.run.out)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            print(C.describe(cfg), file=sys.stderr)
-        torch.manual_seed(cfg.run.seed)
-
-        dtype = compute_dtype(cfg.model.dtype, self.device)
-        model = load_model(cfg.model.path, torch.float32, self.device)  # fp32 master weights
-        validate_layout(self.world, mesh["dp"].size(), self.sp, model.config.num_heads, model.config.num_kv_heads)
-        model.gradient_checkpointing = cfg.model.gradient_checkpointing
-        if model.visual is not None:
-            model.visual.requires_grad_(cfg.model.train_vision)
-        self.rollout_model = QwenVL(model.hf_config).to(self.device, dtype).eval().requires_grad_(False)
-        self.model = shard_model(model, self.device, dtype)
-        self.ref_model = None
-        if cfg.algo.kl_coef > 0:  # sharded like the policy (after it: one full copy loaded at a time), no replica
-            ref = load_model(cfg.model.path, dtype, self.device).eval().requires_grad_(False)
-            self.ref_model = shard_model(ref, self.device, dtype)
-        self.processor = AutoProcessor.from_pretrained(cfg.model.path)
         self.params = SamplingParams(n=cfg.rollout.n, max_new_tokens=cfg.rollout.max_new_tokens,
                                      temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                     top_k=cfg.rollout.top_k, stop_token_ids=(model.config.eos_token_id,))
-        self.optimizer = make_optimizer(self.model, cfg.optim.lr, cfg.optim.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, cfg.optim.warmup_steps, cfg.optim.steps)
+                                     top_k=cfg.rollout.top_k, stop_token_ids=(self.model.config.eos_token_id,))
         self.reward_fn = load_reward_fn(cfg.algo.reward) if cfg.algo.reward else partial(
             reward, accuracy_weight=cfg.algo.accuracy_weight, format_weight=cfg.algo.format_weight)
-        self.train = load_dataset(cfg.data.train, cfg.data.video_dir, cfg.data.bad_videos)
-        self.test = load_dataset(cfg.data.test, cfg.data.video_dir, cfg.data.bad_videos) if cfg.data.test else []
-        if cfg.eval.max_examples:
-            self.test = self.test[: cfg.eval.max_examples]
-        self.sampling = frame_sampling(cfg.data)
-        self.log = MetricsLog(self.out, self.rank, cfg.run.tensorboard)
-        self.step_num, self.cursor = 0, 0  # cursor: global position in the seeded data stream
-        self.skipped_in_a_row = 0  # optimizer steps skipped for a NaN/inf loss or gradient norm
-        if cfg.run.resume and (ckpt := latest_checkpoint(self.out)) is not None:
-            state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
-            self.step_num, self.cursor = state["step"], state["extra"]["cursor"]
-            self.skipped_in_a_row = state["extra"].get("skipped_in_a_row", 0)
-            if self.rank == 0:
-                print(f"resumed from {ckpt} at step {self.step_num}", file=sys.stderr)
+        self.step_num = self.run.step
+        self.cursor = self.run.state.get("cursor", 0)  # global position in the seeded data stream
+        self.skipped_in_a_row = self.run.state.get("skipped_in_a_row", 0)  # NaN/inf optimizer steps in a row
 
     # ------------------------------------------------------------------ the step
 
@@ -225,23 +186,23 @@ class Trainer:
         times = {}
         with timed(times, "step"):
             sync_weights(self.rollout_model, self.model)
-            groups, items, cache, stats = self.collect(times)  # 1-3
-            mine = self.advantages(groups)  # 4
+            groups, prompts, cache, stats = self.collect(times)  # 1-3
+            local = self.advantages(groups)  # 4: this rank's sequences
             # the SP group trains on the union of its ranks' sequences (stage 2 splits each one);
             # the group's videos are in every SP rank's cache
-            seqs = [s for part in all_gather_objects(mine, self.sp_group) for s in part]
+            seqs = [s for part in all_gather_objects(local, self.sp_group) for s in part]
             with timed(times, "old"):  # 5
-                old = None if self.on_policy else self.logprobs(self.model, seqs, items, cache)
+                old = None if self.on_policy else self.logprobs(self.model, seqs, prompts, cache)
             with timed(times, "ref"):
-                ref = self.logprobs(self.ref_model, seqs, items, cache) if self.ref_model else None
+                ref = self.logprobs(self.ref_model, seqs, prompts, cache) if self.ref_model else None
             with timed(times, "update"):  # 6
-                sums = self.update(seqs, old, ref, items, cache)
+                sums = self.update(seqs, old, ref, prompts, cache)
         self.step_num += 1
-        return self.metrics(mine, sums, stats, times)  # 7
+        return self.metrics(local, sums, stats, times)  # 7
 
     # ------------------------------------------------------------------ 1-3. encode, rollout, reward
 
-    def collect(self, times: dict) -> tuple[list[list[Sequence]], dict, ChainMap, dict]:
+    def collect(self, times: dict) -> tuple[list[list[Sequence]], dict[int, Prompt], ChainMap, dict]:
         """Steps 1-3 for this rank: (per_rank groups of n scored sequences, the SP group's prompts by
         key, their embedding cache, sampling stats).
 
@@ -251,11 +212,11 @@ class Trainer:
         """
         algo = self.cfg.algo
         tries = algo.max_sampling_tries if algo.dynamic_sampling else 1
-        groups, items, caches, dropped = [], {}, [], 0
+        groups, prompts, caches, dropped = [], {}, [], 0
         need = [self.per_rank] * self.world  # prompts each rank still needs
         for rounds in range(1, tries + 1):
-            new_items, cache, new_groups = self.draw(need, times)
-            items.update(new_items)
+            new_prompts, cache, new_groups = self.draw(need, times)
+            prompts.update(new_prompts)
             caches.append(cache)
             if algo.dynamic_sampling:
                 kept = [g for g in new_groups if len({s.reward for s in g}) > 1]
@@ -265,100 +226,103 @@ class Trainer:
             need = all_gather_objects(self.per_rank - len(groups))  # a collective: every rank calls it
             if not any(need):
                 # ChainMap: one {key: embeds} view over the rounds' caches, read lazily (the naive
-                # baseline of bench_mrsp.py encodes at every read)
-                return groups, items, ChainMap(*caches), dict(dropped_groups=dropped, rounds=rounds)
+                # baseline, bench/naive.py, encodes at every read)
+                return groups, prompts, ChainMap(*caches), dict(dropped_groups=dropped, rounds=rounds)
         raise RuntimeError(
             f"dynamic sampling: after {tries} rounds, {sum(need)} of the {self.cfg.optim.batch_size} prompt "
             "groups still have zero reward variance (all samples right, or all wrong): the data is too easy or "
             "too hard for this model. Raise algo.max_sampling_tries or rollout.n, or turn off algo.dynamic_sampling")
 
-    def draw(self, counts: list[int], times: dict) -> tuple[dict, dict, list[list[Sequence]]]:
+    def draw(self, counts: list[int], times: dict) -> tuple[dict[int, Prompt], dict, list[list[Sequence]]]:
         """One round of steps 1-3: `counts[r]` new prompts for world rank r. Returns the SP group's
         new prompts by key, their embedding cache, and this rank's groups of n scored sequences."""
         with timed(times, "decode"):  # decord + the processor, this rank's prompts
-            mine = self.load_prompts(counts)
+            local = self.load_prompts(counts)
         with timed(times, "share"):
-            group_items = share_prompts(mine, self.sp_group)
+            group_prompts = share_prompts(local, self.sp_group)
         with timed(times, "encode"):  # MR-SP stage 1 only
-            cache = self.encode(group_items)
+            cache = self.encode(group_prompts)
         with timed(times, "rollout"):
-            samples = self.rollout(mine, cache)
-        return {it["key"]: it for it in group_items}, cache, self.score(mine, samples)
+            samples = self.rollout(local, cache)
+        return {p.key: p for p in group_prompts}, cache, self.score(local, samples)
 
-    def load_prompts(self, counts: list[int]) -> list[dict]:
+    def load_prompts(self, counts: list[int]) -> list[Prompt]:
         """Decode the next prompts of the data stream: `counts[r]` of them for world rank r.
 
-        Each item's `key` is its position in the seeded data stream: unique within a step and the
+        A prompt's `key` is its position in the seeded data stream: unique within a step and the
         same on every rank and under every dp/sp layout. It keys the embedding cache and seeds
         the prompt's rollouts, so a prompt's samples do not depend on which rank drew it.
         """
         start = self.cursor + sum(counts[: self.rank])
-        indices = global_indices(len(self.train), self.cfg.run.seed, start, counts[self.rank])
+        indices = global_indices(len(self.run.train), self.cfg.run.seed, start, counts[self.rank])
         self.cursor += sum(counts)
-        items = []
+        prompts = []
         for key, i in enumerate(indices, start):
-            ex = self.train[i]
+            ex = self.run.train[i]
             try:
-                item = rl_example(ex, self.processor, self.sampling, self.cfg.data.max_prompt_tokens)
+                item = rl_example(ex, self.run.processor, self.run.sampling, self.cfg.data.max_prompt_tokens)
             except (ValueError, OSError) as err:  # VideoError and PromptTooLong included
                 raise RuntimeError(f"step {self.step_num + 1}: cannot use example {ex.id} (video {ex.video}): "
                                    f"{err}. Fix the file, or drop it with --data.bad_videos drop") from err
-            items.append({**item, "key": key})
-        return items
+            ids, grid = item["input_ids"], item["video_grid_thw"]
+            positions = rope_index(ids, grid, item["second_per_grid_ts"], self.model.config)  # (3, L)
+            prompts.append(Prompt(key, ids, positions, grid, item["answer"], item["row"], item["category"],
+                                  pixel_values_videos=item["pixel_values_videos"]))
+        return prompts
 
-    def encode(self, items: list[dict]) -> dict[int, torch.Tensor]:
+    def encode(self, prompts: list[Prompt]) -> dict[int, torch.Tensor]:
         """Step 1, MR-SP stage 1 for the SP group's prompts: {key: video embeddings (N, C)}, each
         video encoded once for the whole step, each rank receiving only the frames it encodes."""
-        if not items:  # the same on every rank of the group: they share their items
+        if not prompts:  # the same on every rank of the group: they share their prompts
             return {}
         with torch.no_grad():
-            embeds = encode_videos(self.model, items, self.sp_group, self.cfg.parallel.parallel_encode,
-                                   holders=[it["holder"] for it in items])  # pixels fetched from their decoder
+            embeds = encode_videos(self.model, [p.video_grid_thw for p in prompts],
+                                   [p.pixel_values_videos for p in prompts], self.sp_group,
+                                   self.cfg.parallel.parallel_encode,
+                                   holders=[p.holder for p in prompts])  # pixels fetched from their holder
         if not self.cfg.model.train_vision:  # every later forward reads the cache: free the decoded frames now
-            for it in items:
-                it.pop("pixel_values_videos", None)
+            for p in prompts:
+                p.pixel_values_videos = None
         # cached in the compute dtype (every forward casts them to it anyway): the fp32 vision tower's
         # output would double the cache, which holds the whole SP group's videos on every rank
-        return {it["key"]: e.to(self.rollout_model.dtype) for it, e in zip(items, embeds, strict=True)}
+        return {p.key: e.to(self.rollout_model.dtype) for p, e in zip(prompts, embeds, strict=True)}
 
-    def rollout(self, items: list[dict], cache) -> list[Sample]:
+    def rollout(self, prompts: list[Prompt], cache) -> list[Sample]:
         """Step 2: n samples of each of this rank's prompts, each prompt prefilled once from its
         cached embeddings; prompt-major. Prompts go in waves whose KV cache fits
-        `rollout.kv_budget_gib` (`memplan.kv_waves`); a sample depends only on its prompt and seed,
+        `rollout.kv_budget_gib` (`rollout.kv_waves`); a sample depends only on its prompt and seed,
         so waves change the memory, not the samples."""
-        cfg, seeds, samples = self.rollout_model.config, self.rollout_seeds(items), []
+        cfg, seeds, samples = self.rollout_model.config, self.rollout_seeds(prompts), []
         per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.rollout_model.dtype.itemsize
-        for wave in kv_waves([len(it["input_ids"]) for it in items], self.params.n, self.params.max_new_tokens,
+        for wave in kv_waves([len(p.input_ids) for p in prompts], self.params.n, self.params.max_new_tokens,
                              per_token, self.cfg.rollout.kv_budget_gib * 2**30):
-            prompts = [self.prompt_inputs(items[i], cache) for i in wave]
-            for s in sample(self.rollout_model, prompts, self.params, self.cfg.rollout.prefill_chunk,
+            inputs = [self.prompt_inputs(prompts[i], cache) for i in wave]
+            for s in sample(self.rollout_model, inputs, self.params, self.cfg.rollout.prefill_chunk,
                             seeds=[seeds[i] for i in wave]).samples:
                 s.prompt_index = wave[s.prompt_index]  # its index among all of this rank's prompts
                 samples.append(s)
         return samples
 
-    def prompt_inputs(self, item: dict, cache) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_inputs(self, prompt: Prompt, cache) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds (1, L, C), positions (3, 1, L)) of a prompt, its video from `cache`."""
-        embeds = self.rollout_model.embed(item["input_ids"], cache[item["key"]])[None]
-        return embeds, sequence_positions(self.model, item, item["input_ids"], 0)
+        return self.rollout_model.embed(prompt.input_ids, cache[prompt.key])[None], prompt.positions[:, None]
 
-    def rollout_seeds(self, items: list[dict]) -> list[int]:
+    def rollout_seeds(self, prompts: list[Prompt]) -> list[int]:
         """Sample j of a prompt is seeded rollout_seeds[p] + j: from its key, not its rank."""
-        return [self.cfg.run.seed * 1_000_003 + it["key"] for it in items]
+        return [self.cfg.run.seed * 1_000_003 + p.key for p in prompts]
 
-    def score(self, items: list[dict], samples: list[Sample]) -> list[list[Sequence]]:
+    def score(self, prompts: list[Prompt], samples: list[Sample]) -> list[list[Sequence]]:
         """Step 3: every sample's reward (`reward.reward`, or the user's function), accuracy and
         format; returned as one group of n sequences per prompt."""
         seqs = []
         for s in samples:
-            it = items[s.prompt_index]
-            text = self.processor.tokenizer.decode(s.tokens, skip_special_tokens=True)
-            total = float(self.reward_fn(text, it["answer"], it["row"]))
-            seqs.append(Sequence(it["key"], it["input_ids"], s.tokens, s.logprobs, total,
-                                 accuracy_reward(text, it["answer"], it["row"]), format_reward(text),
-                                 category=it["category"]))
+            p = prompts[s.prompt_index]
+            text = self.run.processor.tokenizer.decode(s.tokens, skip_special_tokens=True)
+            total = float(self.reward_fn(text, p.answer, p.row))
+            seqs.append(Sequence(p.key, s.tokens, s.logprobs, total, accuracy_reward(text, p.answer, p.row),
+                                 format_reward(text), category=p.category))
         n = self.params.n
-        return [seqs[p * n:(p + 1) * n] for p in range(len(items))]
+        return [seqs[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     # ------------------------------------------------------------------ 4-6. advantages, log-probs, update
 
@@ -371,7 +335,8 @@ class Trainer:
             s.advantage = a
         return seqs
 
-    def micro_inputs(self, model, seqs: list[Sequence], items: dict, cache, for_update: bool = False) -> dict:
+    def micro_inputs(self, model, seqs: list[Sequence], prompts: dict[int, Prompt], cache,
+                     for_update: bool = False) -> dict:
         """The forward inputs of a micro-batch, each prompt with its own cached video.
 
         Shared prefix (default): the micro-batch's samples of one prompt (consecutive: sequences
@@ -384,21 +349,24 @@ class Trainer:
             groups = [list(g) for _, g in groupby(seqs, key=lambda s: s.key)]
         else:
             groups = [[s] for s in seqs]
-        mine = [items[g[0].key] for g in groups]
+        owners = [prompts[g[0].key] for g in groups]  # each group's prompt
         if for_update and self.cfg.model.train_vision:
-            video = encode_videos(self.model, mine, self.sp_group, self.cfg.parallel.parallel_encode,
-                                  holders=[it["holder"] for it in mine])
+            video = encode_videos(self.model, [p.video_grid_thw for p in owners],
+                                  [p.pixel_values_videos for p in owners], self.sp_group,
+                                  self.cfg.parallel.parallel_encode, holders=[p.holder for p in owners])
         else:
-            video = [cache[g[0].key] for g in groups]
+            video = [cache[p.key] for p in owners]
+        ids, positions = [p.input_ids for p in owners], [p.positions for p in owners]
         responses = [[torch.tensor(s.response, dtype=torch.long) for s in g] for g in groups]
         if self.cfg.mrsp.shared_prefix:
-            return build_packed_batch(model, mine, [g[0].prompt_ids for g in groups], responses, video)
-        return build_micro_batch(model, [s.prompt_ids for s in seqs], [r for (r,) in responses], video, mine)
+            return build_packed_batch(model, ids, positions, responses, video)
+        return build_micro_batch(model, ids, positions, [r for (r,) in responses], video)
 
     def micro_batches(self, seqs: list[Sequence], size: int = 0) -> list[list[int]]:
-        """Positions of `seqs` per forward (at most `size`, 0: algo.micro_batch_size): whole groups with the
+        """Positions of `seqs` per forward (at most `size`, 0: optim.micro_batch_size): whole groups with the
         shared prefix, else plain chunks."""
-        return micro_batches([s.key for s in seqs], size or self.cfg.algo.micro_batch_size, self.cfg.mrsp.shared_prefix)
+        size = size or self.cfg.optim.micro_batch_size
+        return micro_batches([s.key for s in seqs], size, self.cfg.mrsp.shared_prefix)
 
     def sp_logprobs(self, model, batch: dict, with_entropy: bool = False):
         """Log-probs (and entropies) laid out like batch["targets"], 0 where it is IGNORE_INDEX."""
@@ -409,17 +377,18 @@ class Trainer:
                                  batch["targets"], self.sp_group, self.cfg.rollout.temperature, with_entropy,
                                  video_mask=batch["video_mask"])
 
-    def logprobs(self, model, seqs: list[Sequence], items: dict, cache) -> list[torch.Tensor]:
+    def logprobs(self, model, seqs: list[Sequence], prompts: dict[int, Prompt], cache) -> list[torch.Tensor]:
         """Step 5: per-sequence response log-probs (no grad), sequence-parallel (stage 2)."""
         out = []
         with torch.no_grad():
             for idx in self.micro_batches(seqs, self.cfg.algo.logprob_micro_batch_size):
-                batch = self.micro_inputs(model, [seqs[i] for i in idx], items, cache)
+                batch = self.micro_inputs(model, [seqs[i] for i in idx], prompts, cache)
                 logp = self.sp_logprobs(model, batch)  # (B, L)
                 out += [row[t != IGNORE_INDEX] for row, t in zip(logp, batch["targets"], strict=True)]
         return out
 
-    def update(self, seqs: list[Sequence], old: list[torch.Tensor] | None, ref, items: dict, cache) -> dict:
+    def update(self, seqs: list[Sequence], old: list[torch.Tensor] | None, ref, prompts: dict[int, Prompt],
+               cache) -> dict:
         """Step 6: mini-batches x ppo_epochs of the GRPO loss; returns summed metrics.
 
         An optimizer step whose loss or gradient norm is NaN/inf on any rank is skipped by all
@@ -434,15 +403,15 @@ class Trainer:
         for _ in range(cfg.ppo_epochs):
             for mini in minis:
                 tokens = sum(len(seqs[i].response) for i in mini)
-                global_tokens = all_reduce_sum(tokens) / self.sp  # SP ranks hold the same sequences
-                global_seqs = all_reduce_sum(len(mini)) / self.sp
+                sp = self.cfg.parallel.sp  # SP ranks hold the same sequences
+                global_tokens, global_seqs = all_reduce_sum(tokens) / sp, all_reduce_sum(len(mini)) / sp
                 loss_sum = 0.0
                 micros = [[mini[j] for j in part] for part in self.micro_batches([seqs[i] for i in mini])]
                 for m, idx in enumerate(micros):
                     # gradients accumulate unsharded; FSDP reduce-scatters once, after the last micro-batch
                     self.model.set_requires_gradient_sync(m == len(micros) - 1)
                     micro = [seqs[i] for i in idx]
-                    batch = self.micro_inputs(self.model, micro, items, cache, for_update=True)
+                    batch = self.micro_inputs(self.model, micro, prompts, cache, for_update=True)
                     logp, entropy = self.sp_logprobs(self.model, batch, with_entropy=True)  # (B, L) each
                     mask = (batch["targets"] != IGNORE_INDEX).to(logp.device)  # (B, L)
                     old_logp = logp.detach() if old is None else scatter_like(logp, mask, [old[i] for i in idx])
@@ -458,22 +427,22 @@ class Trainer:
                     metrics["entropy"] = float(entropy.detach()[mask].sum())
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + v
-                norm, stepped = optimizer_step(self.model, self.optimizer, self.cfg.optim.grad_clip, loss_sum)
+                norm, stepped = optimizer_step(self.model, self.run.optimizer, self.cfg.optim.grad_clip, loss_sum)
                 self.skipped_in_a_row = count_skipped(self.skipped_in_a_row, stepped, self.cfg.optim.max_skipped_steps)
                 sums["grad_norm"] += norm if stepped else 0.0
                 sums["optimizer_steps" if stepped else "skipped_steps"] += 1
-        self.scheduler.step()
+        self.run.scheduler.step()
         return sums
 
     # ------------------------------------------------------------------ 7. metrics
 
-    def metrics(self, mine: list[Sequence], sums: dict, stats: dict, times: dict) -> dict:
+    def metrics(self, local: list[Sequence], sums: dict, stats: dict, times: dict) -> dict:
         """The step's metrics: this rank's samples and loss sums reduced over the world."""
         cfg = self.cfg
-        total = {k: all_reduce_sum(v) / self.sp for k, v in sums.items()}  # the SP group repeats the sums
+        total = {k: all_reduce_sum(v) / cfg.parallel.sp for k, v in sums.items()}  # the SP group repeats the sums
         tokens = max(total.get("tokens", 0.0), 1.0)
         # one gather of every sample's (reward, accuracy, format, |advantage|, length, category) over the world
-        rows = [(s.reward, s.accuracy, s.format, abs(s.advantage), len(s.response), s.category) for s in mine]
+        rows = [(s.reward, s.accuracy, s.format, abs(s.advantage), len(s.response), s.category) for s in local]
         rows = [r for part in all_gather_objects(rows) for r in part]
         rewards, accuracy, fmt, abs_adv, lengths, categories = (list(col) for col in zip(*rows, strict=True))
         steps = sums["optimizer_steps"]  # the same on every rank
@@ -488,7 +457,7 @@ class Trainer:
             "actor/approx_kl": total["approx_kl"] / tokens, "actor/entropy": total["entropy"] / tokens,
             "actor/grad_norm": sums["grad_norm"] / steps if steps else float("nan"),
             "actor/skipped_steps": sums["skipped_steps"],
-            "actor/lr": self.scheduler.get_last_lr()[0],
+            "actor/lr": self.run.scheduler.get_last_lr()[0],
             "response_length/mean": statistics.fmean(lengths), "response_length/max": max(lengths),
             "response_length/clip_ratio": statistics.fmean(float(n == cfg.rollout.max_new_tokens) for n in lengths),
             "sampling/dropped_groups": all_reduce_sum(stats["dropped_groups"]), "sampling/rounds": stats["rounds"],
@@ -496,15 +465,14 @@ class Trainer:
             **{f"timing_s/{k}": v for k, v in times.items()},
         }
 
-    # ------------------------------------------------------------------ eval, checkpoints
+    # ------------------------------------------------------------------ checkpoints
 
-    def evaluate(self):
-        return evaluate_copy(self.model, self.rollout_model, self.processor, self.test, self.cfg.data,
-                             self.cfg.eval, self.rank, self.world)
+    def state(self) -> dict:
+        """What a checkpoint keeps of the RL state besides the step (resume is exact)."""
+        return {"cursor": self.cursor, "skipped_in_a_row": self.skipped_in_a_row}
 
     def save(self):
-        save_checkpoint(self.out, self.step_num, self.model, self.optimizer, self.scheduler,
-                        extra={"cursor": self.cursor, "skipped_in_a_row": self.skipped_in_a_row})
+        self.run.save(self.step_num, self.state())
 
 
 def category_metrics(categories: list, accuracy: list[float], abs_adv: list[float]) -> dict:
@@ -514,10 +482,10 @@ def category_metrics(categories: list, accuracy: list[float], abs_adv: list[floa
     total = sum(abs_adv) or 1.0
     out = {}
     for cat in sorted({c for c in categories if c}):
-        mine = [i for i, c in enumerate(categories) if c == cat]
+        members = [i for i, c in enumerate(categories) if c == cat]
         slug = re.sub(r"[^a-z0-9]+", "_", cat.lower()).strip("_")
-        out[f"reward/accuracy/{slug}"] = statistics.fmean(accuracy[i] for i in mine)
-        out[f"advantage/share/{slug}"] = sum(abs_adv[i] for i in mine) / total
+        out[f"reward/accuracy/{slug}"] = statistics.fmean(accuracy[i] for i in members)
+        out[f"advantage/share/{slug}"] = sum(abs_adv[i] for i in members) / total
     return out
 
 
@@ -528,26 +496,18 @@ PRINTED = ["reward/overall", "reward/accuracy", "reward/format", "actor/pg_loss"
 def main(argv):
     cfg = C.parse(RLConfig, argv)
     trainer = Trainer(cfg)
+    run = trainer.run
     bar = tqdm(total=cfg.optim.steps, initial=trainer.step_num, desc="rl", disable=trainer.rank != 0)
     while trainer.step_num < cfg.optim.steps:
         metrics = trainer.step()
         bar.update(1)
         step = trainer.step_num
-        if trainer.test and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.optim.steps:
-            metrics.update({f"eval/{k}": v for k, v in trainer.evaluate()["overall"].items()})
-        trainer.log.log(step, metrics, PRINTED)
+        if run.test and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.optim.steps:
+            metrics.update({f"eval/{k}": v for k, v in evaluate_run(run)["overall"].items()})
+        run.log.log(step, metrics, PRINTED)
         if cfg.run.save_every and step % cfg.run.save_every == 0:
             trainer.save()
-    trainer.save()
-    export_hf(trainer.model, trainer.out / "hf", cfg.model.path)
-    if trainer.test:
-        table = trainer.evaluate()
-        if trainer.rank == 0:
-            print_table(table)
-        trainer.log.log(trainer.step_num, {f"eval/{k}": v for k, v in table["overall"].items()})
-    if trainer.rank == 0:
-        print(f"RL done: checkpoints in {trainer.out}, Hugging Face export in {trainer.out / 'hf'}", file=sys.stderr)
-    dist.destroy_process_group()
+    run.finish(trainer.step_num, trainer.state(), "RL", lambda r: evaluate_run(r, show=True))
 
 
 if __name__ == "__main__":

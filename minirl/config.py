@@ -143,6 +143,18 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class OptimConfig:
+    steps: int = 100
+    batch_size: int = 8  # per optimizer step, whole world: sequences (SFT) or prompts of rollout.n samples (RL)
+    micro_batch_size: int = 2  # sequences per forward, per SP group
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_skipped_steps: int = 3  # stop after this many NaN/inf optimizer steps in a row (0: never)
+
+
+@dataclasses.dataclass
 class ParallelConfig:
     sp: int = 1  # sequence-parallel degree; dp = world / sp
     parallel_encode: bool = True  # MR-SP stage 1: split each video's frames across the sp group

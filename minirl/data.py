@@ -1,4 +1,5 @@
-"""The LongVideo-Reason jsonl schema, the one prompt template, and SFT / RL examples.
+"""The LongVideo-Reason jsonl schema, the one prompt template, SFT / RL examples, and the datasets
+the trainers load (every video probed up front) with their seeded data stream.
 
 A line of a dataset is a JSON object in the LongVideo-Reason / Long-RL schema:
 
@@ -37,9 +38,11 @@ reported in the example's `num_frames` / `frames_reduced`); if even 2 frames do 
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,7 @@ from minirl.reward import embedded_options
 from minirl.video import (
     FrameCache,
     FrameSampling,
+    VideoError,
     VideoMeta,
     num_sampled_frames,
     probe,
@@ -282,3 +286,68 @@ def rl_example(example: Example, processor, sampling: FrameSampling, max_prompt_
     item["input_ids"] = torch.tensor(item.pop("prompt_ids"), dtype=torch.long)
     item["row"] = example.row
     return item
+
+
+def split_sft_item(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt ids, target ids) of an SFT example: the target is where labels are not ignored."""
+    start = int((item["labels"] != IGNORE_INDEX).nonzero()[0])
+    return item["input_ids"][:start], item["input_ids"][start:]
+
+
+# ----------------------------------------------------------------------------- datasets and the data stream
+
+
+def frame_sampling(data_cfg) -> FrameSampling:
+    """The FrameSampling a DataConfig asks for."""
+    return FrameSampling(
+        num_frames=data_cfg.frames or None,
+        fps=None if data_cfg.frames else data_cfg.fps,
+        max_frames=data_cfg.max_frames,
+        max_pixels=data_cfg.max_pixels or None,
+    )
+
+
+def load_dataset(path, video_dir, bad_videos: str = "error") -> list[Example]:
+    """Load a jsonl and probe every video up front, so a broken file is found before step 1.
+
+    bad_videos="error": raise, listing every unreadable video with its reason.
+    bad_videos="drop": remove those examples and print which (never replaced by other videos).
+    """
+    examples = load_jsonl(path, video_dir or None)
+    bad = {}
+    for ex in examples:
+        if ex.video not in bad:
+            try:
+                probe(ex.video)
+            except VideoError as err:
+                bad[ex.video] = err.reason
+    if not bad:
+        return examples
+    listing = "\n".join(f"  {v}: {why}" for v, why in sorted(bad.items()))
+    if bad_videos == "error":
+        raise VideoError(path, f"{len(bad)} unreadable video(s):\n{listing}\n"
+                         "fix or remove them, or pass --data.bad_videos drop to skip their examples")
+    if bad_videos != "drop":
+        raise ValueError(f"data.bad_videos must be 'error' or 'drop', got {bad_videos!r}")
+    kept = [ex for ex in examples if ex.video not in bad]
+    print(f"{path}: dropped {len(examples) - len(kept)} example(s) with unreadable videos:\n{listing}",
+          file=sys.stderr)
+    return kept
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_examples, generator=g).tolist()
+
+
+def global_indices(num_examples: int, seed: int, start: int, count: int) -> list[int]:
+    """Dataset indices at global positions [start, start + count) of the seeded epoch stream.
+
+    The data position is one integer, so resume is exact and independent of the rank layout.
+    """
+    out = []
+    for pos in range(start, start + count):
+        epoch, i = divmod(pos, num_examples)
+        out.append(epoch_order(num_examples, seed, epoch)[i])
+    return out

@@ -8,7 +8,7 @@ Why a formula: there is no GPU here, and "will 3,600 frames of 7B fit on 8 x 80 
 before a run, by a reader who can check every term. Each term below is the bytes of tensors this code
 base allocates (not of an ideal system), named after the code that allocates it:
 
-- **FSDP shards** (`minirl.trainer.shard_model`): the decoder's fp32 master weights, fp32 gradients
+- **FSDP shards** (`minirl.distributed.shard_model`): the decoder's fp32 master weights, fp32 gradients
   and AdamW's two fp32 moments, sharded over all `gpus`; the vision tower is not sharded (FSDP
   ignores it): an fp32 replica per GPU, with gradients and moments only when it is trained.
 - **FSDP workspace**: during a forward/backward FSDP all-gathers one unit (a block, or the
@@ -17,10 +17,10 @@ base allocates (not of an ideal system), named after the code that allocates it:
 - **Rollout weights** (`Trainer.rollout_model`): a full, unsharded copy in the compute dtype.
 - **Reference weights** (`Trainer.ref_model`, when the KL coefficient is > 0): the decoder
   sharded with FSDP2 over all GPUs in the compute dtype, the vision tower replicated (FSDP ignores
-  it); `sharded_ref=False` plans the full replica per GPU the code had before issue 13.
+  it); `sharded_ref=False` plans a full reference replica per GPU instead.
 - **Weight sync** (`sync_weights`): one tensor gathered at a time, at most the embedding in fp32;
-  `streamed_sync=False` plans the whole fp32 model gathered on every GPU, as
-  `get_model_state_dict(full_state_dict=True)` did before issue 13.
+  `streamed_sync=False` plans the whole fp32 model gathered on every GPU at once, as
+  `get_model_state_dict(full_state_dict=True)` gathers it.
 - **Video inputs and vision activations** (`sp.encode_videos`): the patches this GPU encodes
   (fp32 `pixel_values_videos`, 3 * 2 * 14 * 14 values each) and one vision block's activations at
   a time for a run of at most `vision_chunk` patches (`QwenVL.encode_video`), in fp32 (the
@@ -46,7 +46,7 @@ base allocates (not of an ideal system), named after the code that allocates it:
 The peak is the persistent terms plus the largest phase (sync, encode, rollout, update): phases run
 one after another and free their tensors. `step_added` is what a step allocates on top of what it
 starts with (the largest phase, the update with the gradients it allocates), the figure
-`python bench_plan.py validate` measures on CPU, where `host_is_device` also counts the decoded
+`python -m bench plan validate` measures on CPU, where `host_is_device` also counts the decoded
 pixels the step holds (on a GPU they stay in host memory): until the encode, where a rank encodes
 its own rows in place, and to the end of the step when the videos are encoded again (the naive
 baseline, or a trained vision tower). Left out, and why: the CUDA context and NCCL buffers
@@ -180,8 +180,8 @@ class Setup:
     attention: str = "flash"  # "flash": no S x S; "math": SDPA/eager saves the softmax
     vision_chunk: int = 8192  # patches per vision-tower call without grad (minirl.model.VISION_CHUNK)
     cache_bytes: int = 0  # bytes per embedding-cache value (0: the compute dtype's, as Trainer.encode casts)
-    sharded_ref: bool = True  # the reference decoder sharded over the GPUs (False: a full replica, before issue 13)
-    streamed_sync: bool = True  # weight sync one tensor at a time (False: the whole fp32 model, before issue 13)
+    sharded_ref: bool = True  # the reference decoder sharded over the GPUs (False: a full replica per GPU)
+    streamed_sync: bool = True  # weight sync one tensor at a time (False: the whole fp32 model gathered at once)
     host_is_device: bool = False  # CPU runs: the decoded pixels of this rank's prompts, held by the step, count too
     gpu_gib: float = 80
     reserve_gib: float = 3  # CUDA context, NCCL buffers, fragmentation: not planned, subtracted
@@ -260,29 +260,11 @@ def plan(shape: Shape, s: Setup) -> dict:
                 fits=peak <= (s.gpu_gib - s.reserve_gib) * GIB, bottleneck=max(phases, key=phases.get))
 
 
-def kv_waves(prompt_tokens: list[int], n: int, response: int, bytes_per_token: int, budget: float) -> list[list[int]]:
-    """The rollout's prompts in consecutive waves whose KV cache fits `budget` bytes (0: one wave).
-
-    A prompt's cache is the plan's `kv_cache` term: its prompt tokens plus n response caches of
-    `response` tokens, `bytes_per_token` each (`Shape.kv_bytes_per_token`). A prompt that alone
-    exceeds the budget goes in a wave of its own: the budget bounds a batch, never drops a prompt.
-    """
-    waves, used = [], 0
-    for i, tokens in enumerate(prompt_tokens):
-        need = (tokens + n * response) * bytes_per_token
-        if waves and (budget <= 0 or used + need <= budget):
-            waves[-1].append(i)
-            used += need
-        else:
-            waves.append([i])
-            used = need
-    return waves
-
-
 def saved_bytes(fn, skip=()) -> tuple:
     """(fn(), bytes of every distinct storage autograd keeps for backward while fn runs), counted through
     `saved_tensors_hooks`, except the storages of the tensors in `skip` (the parameters: they exist before and
-    after the step). What `Shape.layer_activation_bytes` plans, measured (tests/test_memplan.py, bench.py)."""
+    after the step). What `Shape.layer_activation_bytes` plans, measured (tests/test_memplan.py, `python -m bench
+    sp` and `python -m bench shared`)."""
     import torch  # the plan itself is arithmetic; only this measurement needs torch
 
     skipped = {t.untyped_storage().data_ptr() for t in skip}
@@ -306,7 +288,7 @@ VARIANTS = {  # the paper's Figure 2 variants as this code runs them, then k = n
     "1+2, mb = n": dict(parallel_encode=True, ulysses=True, shared_prefix=False, micro_batch=None),
     "+ shared, mb = n": dict(parallel_encode=True, ulysses=True, shared_prefix=True, micro_batch=None),
     "1+2, 1 video/group": dict(parallel_encode=True, ulysses=True, shared_prefix=False, micro_batch=1,
-                               prompts_per_gpu=None),  # the paper's layout: not what train_rl does today
+                               prompts_per_gpu=None),  # the paper's layout (train_rl: one prompt per GPU)
 }
 FRAMES = (64, 128, 256, 512, 1024, 2048, 3600)
 
@@ -327,22 +309,26 @@ def largest_fitting(shape: Shape, setup: Setup, limit: int = 100_000) -> int:
 
 def table(shape: Shape, base: Setup, frames=FRAMES) -> str:
     """Peak GiB per GPU for each variant at each frame count ('*' past the card) and the largest
-    frame count that fits: before issue 13's memory fixes (a reference replica per GPU, the whole
-    fp32 model gathered by the weight sync, the vision tower run on all patches at once, an fp32
-    embedding cache) and today."""
+    frame count that fits, in two memory layouts: "replica ref + full sync" (a reference replica per
+    GPU, the whole fp32 model gathered by the weight sync, the vision tower run on all patches at
+    once, an fp32 embedding cache) and "sharded ref + streamed sync" (this code's: the reference
+    sharded, the weights synced one tensor at a time, the vision tower in chunks, a compute-dtype
+    cache)."""
+    replica = dict(sharded_ref=False, streamed_sync=False, vision_chunk=1 << 60, cache_bytes=4)
+    layouts = {"replica ref + full sync": replica, "sharded ref + streamed sync": {}}
+    width = max(map(len, [*layouts, *VARIANTS]))
     lines = []
-    before = dict(sharded_ref=False, streamed_sync=False, vision_chunk=1 << 60, cache_bytes=4)
-    for label, fixes in (("before issue 13", before), ("today", {})):
-        head = f"{label:<19}" + "".join(f"{f:>8}" for f in frames) + f"{'max frames':>12}"
+    for label, layout in layouts.items():
+        head = f"{label:<{width}}" + "".join(f"{f:>8}" for f in frames) + f"{'max frames':>12}"
         lines += [head, "-" * len(head)]
         for name, variant in VARIANTS.items():
             setup = replace(base, **{**variant, "micro_batch": variant["micro_batch"] or base.n,
-                                     "prompts_per_gpu": variant.get("prompts_per_gpu", 1) or 1 / base.sp}, **fixes)
+                                     "prompts_per_gpu": variant.get("prompts_per_gpu", 1) or 1 / base.sp}, **layout)
             cells = []
             for f in frames:
                 p = plan(shape, replace(setup, frames=f))
                 cells.append(f"{p['peak'] / GIB:>7.0f}" + (" " if p["fits"] else "*"))
-            lines.append(f"{name:<19}" + "".join(cells) + f"{largest_fitting(shape, setup):>12}")
+            lines.append(f"{name:<{width}}" + "".join(cells) + f"{largest_fitting(shape, setup):>12}")
         lines.append("")
     return "\n".join(lines) + f"(* = over {base.gpu_gib:g} - {base.reserve_gib:g} GiB)"
 

@@ -2,9 +2,14 @@
 
 It sees, on each sampled frame, which shapes are on screen and where, and knows the benchmark's
 rules (minirl/synth.py); guessing among the options it cannot rule out gives its expected
-accuracy. `python -m minirl.synth report --data DIR/test.jsonl` prints the table for k = 8, 16, ...
+accuracy.
+
+    python -m minirl.oracle DIR/test.jsonl      # the table for k = 8, 16, 32, ... frames and all frames
+
+The dependency runs one way: the oracle reads the generator's rules, the generator knows nothing of it.
 """
 
+import argparse
 import itertools
 import json
 from pathlib import Path
@@ -131,3 +136,13 @@ def report(path) -> str:
         cells = "  ".join(f"{100 * acc[c]:>15.1f}%" for c in columns)
         lines.append(f"{'all' if k is None else k:>6}  {cells}")
     return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minirl.oracle", description="oracle accuracy versus frames seen")
+    parser.add_argument("data", help="a jsonl written by minirl.synth (e.g. DIR/test.jsonl)")
+    print(report(parser.parse_args(argv).data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
-"""Shared-prefix packing: a group's k responses trained against one copy of their video prompt.
+"""The trainers' batches: right-padded (prompt + response) rows, or shared-prefix packing, where a
+group's k responses are trained against one copy of their video prompt.
 
 The sampler prefills a prompt once and decodes its n samples against that one KV cache
 (rollout.py). This is the training-side twin: old/ref log-probs and the update run a group as
@@ -9,7 +10,7 @@ one packed sequence
 with grouped attention: prompt tokens are causal among themselves; each response attends to the
 whole prompt and causally to itself, never to another response. Every token then sees exactly
 the keys it sees in its own unpacked (prompt + response) sequence, at the same positions, so
-log-probs, entropies and gradients are today's (the k responses' gradients accumulate into the
+log-probs, entropies and gradients equal the unpacked ones (the k responses' gradients accumulate into the
 one prompt computation; "Prefix Grouper", arXiv 2506.05433). The prompt, > 95% of the tokens of a
 long-video group, is computed once instead of k times.
 
@@ -20,7 +21,7 @@ Bookkeeping that makes it exact:
   the packed row whose next-token distribution scores it. A length-1 response adds no input.
 - Positions: the prompt's own (3-D M-RoPE) positions; response token t sits at
   max(prompt positions) + 1 + t on all three axes, the sampler's rule
-  (`minirl.model.next_position`, `minirl.trainer.sequence_positions`).
+  (`sequence_positions`).
 - Video slots are the prompt's <|video_pad|> tokens only; the same id in a response is text.
 - Several groups (different videos) pack into one row one after another; a group never sees
   another. Pads after the last group (Ulysses pads to a multiple of sp) get zero output.
@@ -34,6 +35,9 @@ from itertools import groupby
 
 import torch
 import torch.nn.functional as F
+
+from minirl.data import IGNORE_INDEX
+from minirl.model import next_position
 
 try:  # optional, CUDA only; >= 2.1 for the bottom-right causal alignment `varlen_layout` relies on
     import flash_attn
@@ -214,3 +218,70 @@ def micro_batches(keys: list, size: int, whole_groups: bool = True) -> list[list
                 current = []
             current += piece
     return out + [current] if current else out
+
+
+# ----------------------------------------------------------------------------- the trainers' batches
+
+
+def sequence_positions(prompt_positions: torch.Tensor, response_len: int) -> torch.Tensor:
+    """(3, Lp + R) M-RoPE positions of prompt + response, exactly as the sampler assigns them.
+
+    The prompt's 3-D positions (3, Lp) come from its video grid (`minirl.model.rope_index`);
+    response token t sits at max(prompt positions) + 1 + t on all three axes (transformers'
+    rope_deltas rule for generated tokens). Recomputing the response's positions from the full
+    sequence would put them elsewhere whenever a video's time axis outruns its height/width, so
+    the trainers never do.
+    """
+    response = (next_position(prompt_positions) + torch.arange(response_len)).expand(3, -1)  # (3, R)
+    return torch.cat([prompt_positions, response], dim=1)
+
+
+def build_micro_batch(model, prompts: list[torch.Tensor], prompt_positions: list[torch.Tensor],
+                      responses: list[torch.Tensor], video_embeds: list[torch.Tensor]) -> dict:
+    """A right-padded micro-batch of (prompt + response) sequences for `sp.sp_token_logprobs`.
+
+    Returns input_ids (B, L), video_embeds (N, C), video_mask (B, L), positions (3, B, L) and
+    targets (B, L): at position i the token i + 1 when it is a response token, else IGNORE_INDEX.
+    Sequence b carries *its own* video (video_embeds[b], keyed to its prompt), concatenated in
+    batch order, which is the order the video slots are filled: frames can never land in another
+    sample. Only the prompt's <|video_pad|> tokens are slots; the same id inside a sampled
+    response is text, as it was for the sampler.
+    """
+    sequences = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
+    L = max(len(s) for s in sequences)
+    pad_id = model.config.pad_token_id or 0
+    input_ids = torch.full((len(sequences), L), pad_id, dtype=torch.long)
+    video_mask = torch.zeros(len(sequences), L, dtype=torch.bool)
+    targets = torch.full((len(sequences), L), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros(3, len(sequences), L, dtype=torch.long)
+    for b, (p, pos, r) in enumerate(zip(prompts, prompt_positions, responses, strict=True)):
+        input_ids[b, :len(p) + len(r)] = sequences[b]
+        video_mask[b, :len(p)] = p == model.config.video_token_id
+        targets[b, len(p) - 1:len(p) + len(r) - 1] = r  # position i predicts token i + 1
+        positions[:, b, :len(p) + len(r)] = sequence_positions(pos, len(r))
+    return dict(input_ids=input_ids, video_embeds=torch.cat(video_embeds), video_mask=video_mask,
+                positions=positions, targets=targets)
+
+
+def build_packed_batch(model, prompts: list[torch.Tensor], prompt_positions: list[torch.Tensor],
+                       responses: list[list[torch.Tensor]], video_embeds: list[torch.Tensor]) -> dict:
+    """`build_micro_batch` with each prompt's samples packed into one row with it (one group per
+    prompt, `pack`), for `sp.sp_packed_logprobs`.
+
+    Returns packed (a `Packed`), video_embeds (N, C) (each group's own video, once, in group
+    order) and targets (B, R): the B responses in order, right-padded with IGNORE_INDEX, laid out
+    like the log-probs that sp_packed_logprobs returns. Response positions follow the sampler's
+    rule inside `pack`.
+    """
+    packed = pack(list(zip(prompts, prompt_positions, responses, strict=True)), model.config.video_token_id)
+    slots = packed.response_slots()  # (B, R)
+    targets = torch.full(slots.shape, IGNORE_INDEX, dtype=torch.long).masked_scatter(slots, packed.targets)
+    return dict(packed=packed, video_embeds=torch.cat(video_embeds), targets=targets)
+
+
+def scatter_like(x: torch.Tensor, mask: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
+    """Zeros like `x` (B, L) holding the concatenated `rows` where `mask` is set, in order: per-sequence
+    values (old/ref log-probs) laid out like the log-probs of a micro-batch."""
+    out = torch.zeros_like(x)
+    out[mask.to(x.device)] = torch.cat(rows).to(x.device, x.dtype)
+    return out

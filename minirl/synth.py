@@ -5,7 +5,7 @@ coloured square or circle (red/green/blue/yellow) appears in one of the four qua
 frames and disappears; one object per video instead moves from one quadrant to another over 6
 frames. Events are spread over the whole video (one per equal time slot) and every (colour,
 shape) identity occurs at most once, so each question has exactly one answer. Sampling too few
-frames misses events; `report` measures how much with an oracle.
+frames misses events; the oracle (minirl/oracle.py) measures how much.
 
 Questions come in the four LongVideo-Reason-eval categories, all four-option multiple choice:
 - Temporal: what appeared right after X; which of these appeared first / last.
@@ -18,7 +18,7 @@ chain of thought citing the evidence with timestamps, written from the event met
 
     python -m minirl.synth --out DIR [--train N --test N --frames F --size S --fps R --per-video Q
                                       --seed S --no-timestamps --easy --captions K --dense]
-    python -m minirl.synth report --data DIR/test.jsonl
+    python -m minirl.oracle DIR/test.jsonl      # what k sampled frames can answer (minirl/oracle.py)
 
 The default (3000 train / 600 test questions, 4 per video, 256 frames of 56x56 at 8 fps, about
 30 s to write) needs about half the frames for a perfect oracle and is near chance at 8. Events
@@ -37,7 +37,6 @@ import json
 import multiprocessing
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -450,7 +449,7 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
 
 # One static shape on screen for the whole video and one question about it with fixed options, so
 # the answer letter is a fixed function of what the video shows: the smallest task that a model
-# can only answer by looking (tests/test_learning.py; studies/where_question.py).
+# can only answer by looking (tests/test_learning.py).
 ONE_SHAPE_QUESTIONS = {  # asked property -> (its values, question, reasoning before "So the answer is")
     "colour": (list(COLOURS), "What colour is the shape?", "The shape is {}."),
     "pos": (list(QUADRANTS), "Where is the shape?", "The shape is at the {}."),
@@ -494,15 +493,6 @@ def corpus(num_videos: int = 256, frames: int = 256, fps: int = 8, seed: int = 0
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["report"]:
-        parser = argparse.ArgumentParser(prog="python -m minirl.synth report",
-                                         description="oracle accuracy versus frames seen")
-        parser.add_argument("--data", required=True, help="a jsonl written by this module")
-        from minirl.oracle import report  # the oracle reads this module's rules: imported on use
-
-        print(report(parser.parse_args(argv[1:]).data))
-        return
     parser = argparse.ArgumentParser(prog="python -m minirl.synth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)

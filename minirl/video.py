@@ -267,8 +267,8 @@ def process_video(processor, frames: np.ndarray, sampled_fps: float, min_pixels:
     Qwen2.5-VL's M-RoPE uses to place video tokens in absolute time.
 
     The processor makes several float copies of what it is given (resized, rescaled and
-    normalised, patched): at 2,048 frames that transient was the peak of an RL step
-    (studies/phase_peak.py). So it runs on `frames_per_call` frames at a time (whole temporal
+    normalised, patched): at 2,048 frames that transient is the peak of an RL step (the research
+    log's phase-peak study). So it runs on `frames_per_call` frames at a time (whole temporal
     patches) and each call's rows are copied into the one output: the result is the same (every
     step is per frame or per temporal patch, and rows are temporal-patch-major), the transient a
     call's.

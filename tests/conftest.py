@@ -2,13 +2,13 @@
 
 import multiprocessing
 import os
-import socket
 
 import av
 import numpy as np
 import pytest
 import torch
 
+from bench.common import free_port as free_port  # a multi-process test's rendezvous port
 from minirl.tiny import build_tiny_model
 
 CORPUS = [
@@ -26,15 +26,8 @@ ODD = dict(hidden=72, layers=3, heads=3, kv_heads=1, ffn=100, v_hidden=48, v_dep
 # every rank of every world. Names that fail to import are skipped by the fork server.
 START_METHOD = "forkserver"
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the fork server's torch reads it at import
-multiprocessing.set_forkserver_preload(["torch", "sp", "train_rl", "train_sft", "bench_mrsp", "test_train",
+multiprocessing.set_forkserver_preload(["torch", "sp", "train_rl", "train_sft", "bench.naive", "test_train",
                                         "test_sp", "test_shared_prefix", "test_bench_mrsp"])
-
-
-def free_port() -> int:
-    """A port nobody listens on now, for a multi-process test's rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_mp4(path, frames: np.ndarray, fps: float = 4.0, crf: int | None = None):

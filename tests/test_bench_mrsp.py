@@ -1,14 +1,15 @@
-"""bench_mrsp.py without its timings: the naive baseline it defines samples exactly what train_rl's cached,
-shared-prefix rollout samples (only slower), the FLOPs accounting that sizes the bench model, and the
-largest-frames-within-budget rule. (The timings themselves live in bench_mrsp.py, never in a test.)"""
+"""`python -m bench mrsp` without its timings: the naive baseline (bench/naive.py) samples exactly what train_rl's
+cached, shared-prefix rollout samples (only slower), the FLOPs accounting that sizes the bench model, and the
+largest-frames-within-budget rule. (The timings themselves live in bench/mrsp.py, never in a test.)"""
 
+import dataclasses
 import os
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from bench_mrsp import MRSP_SIZE, _largest_within, qwen25_vl_7b_config, video_token_flops
+from bench.mrsp import MRSP_SIZE, _largest_within, qwen25_vl_7b_config, video_token_flops
 from minirl import synth
 from minirl.tiny import make_config, make_processor
 from tests.conftest import CORPUS, START_METHOD
@@ -18,9 +19,10 @@ def _rollouts(rank, model_dir, data_dir, out_file):
     torch.set_num_threads(1)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         os.environ.pop(key, None)
-    from bench_mrsp import NaiveTrainer
+    from bench.naive import NaiveTrainer
     from minirl import config as C
-    from minirl.trainer import share_prompts, sync_weights
+    from minirl.distributed import sync_weights
+    from sp import share_prompts
     from train_rl import RLConfig, Trainer
 
     cfg = C.parse(RLConfig, ["--model.path", model_dir, "--data.train", f"{data_dir}/train.jsonl", "--data.frames",
@@ -31,9 +33,9 @@ def _rollouts(rank, model_dir, data_dir, out_file):
     calls = []
     trainer.rollout_model.visual.register_forward_hook(lambda *_: calls.append(1))
     items = share_prompts(trainer.load_prompts([2]), trainer.sp_group)
-    copies = [dict(it) for it in items]  # train_rl's encode frees the pixels that the naive one reads again
+    copies = [dataclasses.replace(p) for p in items]  # train_rl's encode frees the pixels the naive one reads again
     cached = Trainer.rollout(trainer, items, Trainer.encode(trainer, items))  # train_rl's path
-    assert all("pixel_values_videos" not in it for it in items)
+    assert all(p.pixel_values_videos is None for p in items)
     encodes_cached = len(calls)
     naive = trainer.rollout(copies, trainer.encode(copies))
     torch.save(dict(cached=cached, naive=naive, encodes=(encodes_cached, len(calls) - encodes_cached)), out_file)

@@ -28,6 +28,7 @@ from transformers import AutoProcessor
 import sp
 from minirl import synth
 from minirl.data import IGNORE_INDEX, build_prompt, encode_prompt
+from minirl.distributed import init_distributed
 from minirl.model import load_model, rope_index, sdpa_attention
 from minirl.tiny import build_tiny_model, default_corpus
 from minirl.video import FrameSampling, process_video, read_video
@@ -96,7 +97,7 @@ def _sp_worker(rank, world, port, model_dir, seq_path, out_path):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     _exact_fp32()
-    _, _, device, mesh = sp.init_distributed(sp=world)  # nccl on CUDA
+    _, _, device, mesh = init_distributed(sp=world)  # nccl on CUDA
     assert dist.get_backend() == "nccl"
     group = mesh.get_group("sp")
     s = torch.load(seq_path, weights_only=False)

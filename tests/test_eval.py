@@ -1,11 +1,12 @@
-"""eval.py end to end on a few synthetic questions: table structure, counts, predictions, scoring."""
+"""evaluate.py and evaluation.py end to end on synthetic questions: table structure, counts, predictions, scoring."""
 
 import json
 
 import pytest
 from transformers import AutoProcessor
 
-import eval as ev
+import evaluate as ev
+import evaluation
 from minirl import synth
 from minirl.data import load_jsonl
 from minirl.model import load_model
@@ -61,11 +62,15 @@ def test_cli_table_and_predictions(bench, cli_run):
 
 
 def test_evaluate_is_importable_and_matches_the_cli(bench, tiny_dir, cli_run):
+    """The library's table (what the trainers log) is the CLI's, which adds lmms-eval's metrics of its predictions."""
     model, processor = load_model(tiny_dir), AutoProcessor.from_pretrained(tiny_dir)
-    table = ev.evaluate(model, processor, load_jsonl(bench), FrameSampling(num_frames=8), max_new_tokens=6,
-                        batch_size=8)
-    assert table == cli_run[0]
-    assert "Overall" in ev.format_table(table) and "Temporal" in ev.format_table(table)
+    table = evaluation.evaluate(model, processor, load_jsonl(bench), FrameSampling(num_frames=8), max_new_tokens=6,
+                                batch_size=8)
+    cli_table = dict(cli_run[0])
+    lmms = cli_table.pop("lmms_eval")
+    assert table == cli_table
+    assert lmms == ev.lmms_metrics([json.loads(x) for x in cli_run[1].read_text().splitlines()])
+    assert "Overall" in evaluation.format_table(table) and "Temporal" in evaluation.format_table(table)
 
 
 def test_predictions_never_overwritten(bench, tiny_dir, cli_run, tmp_path, monkeypatch):
@@ -101,19 +106,19 @@ def test_bad_videos_are_counted_errors(bench, tiny_dir, tmp_path):
 def test_sampled_responses_do_not_depend_on_the_batch(bench, tiny_dir):
     model, processor = load_model(tiny_dir), AutoProcessor.from_pretrained(tiny_dir)
     examples = load_jsonl(bench)[:3]
-    params = ev.sampling_params(model, processor, max_new_tokens=6, n=2, temperature=1.0, seed=3)
+    params = evaluation.sampling_params(model, processor, max_new_tokens=6, n=2, temperature=1.0, seed=3)
     frames = FrameSampling(num_frames=8)
-    runs = [list(ev.predict(model, processor, examples, frames, 4096, params, batch_size=b)) for b in (1, 3)]
+    runs = [list(evaluation.predict(model, processor, examples, frames, 4096, params, batch_size=b)) for b in (1, 3)]
     assert [r["responses"] for r in runs[0]] == [r["responses"] for r in runs[1]]
     assert all(len(r["responses"]) == 2 and len(r["accuracy"]) == 2 for r in runs[0])
     with pytest.raises(ValueError, match="temperature"):
-        ev.sampling_params(model, processor, n=2, temperature=0.0)
+        evaluation.sampling_params(model, processor, n=2, temperature=0.0)
 
 
 def test_merge_shards():
-    assert ev.merge_shards([[0, 2, 4], [1, 3]]) == [0, 1, 2, 3, 4]
-    assert ev.merge_shards([[0, 3], [1], [2]]) == [0, 1, 2, 3]
-    assert ev.merge_shards([[]]) == []
+    assert evaluation.merge_shards([[0, 2, 4], [1, 3]]) == [0, 1, 2, 3, 4]
+    assert evaluation.merge_shards([[0, 3], [1], [2]]) == [0, 1, 2, 3]
+    assert evaluation.merge_shards([[]]) == []
 
 
 def test_video_ablation_gives_every_question_another_video(bench):

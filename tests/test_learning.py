@@ -1,4 +1,4 @@
-"""Learning regressions: the perception-base recipe (demo.BASE_RECIPE) trains and runs end to end,
+"""Learning regressions: the perception-base recipe (pretrain_base.BASE_RECIPE) trains and runs end to end,
 and the shipped base (models/base) reads the video.
 
 A short run of the recipe's first stage (dense captioning videos, a random tiny model with the
@@ -13,10 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from demo import BASE_RECIPE
 from minirl import synth
 from minirl.model import load_model
 from minirl.tiny import build_tiny_model, default_corpus
+from pretrain_base import BASE_RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -41,10 +41,10 @@ BASE = ROOT / "models" / "base"
 
 
 def test_base_recipe_runs_end_to_end(tmp_path):
-    """`make base`'s every command, two steps each (`demo.py --pretrain-base DIR --quick`): the result
-    loads, and has the shipped base's layout (theta 1e4, one token per 56 x 56 frame, same processor)."""
-    subprocess.run([sys.executable, str(ROOT / "demo.py"), "--pretrain-base", str(tmp_path / "base"), "--quick",
-                    "--out", str(tmp_path / "work")], check=True, cwd=ROOT, env=ENV, capture_output=True)
+    """`make base`'s every command, two steps each (`pretrain_base.py --quick`): the result loads, and
+    has the shipped base's layout (theta 1e4, one token per 56 x 56 frame, same processor)."""
+    subprocess.run([sys.executable, str(ROOT / "pretrain_base.py"), "--quick", "--out", str(tmp_path / "base"),
+                    "--work", str(tmp_path / "work")], check=True, cwd=ROOT, env=ENV, capture_output=True)
     built, shipped = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "base", BASE))
     for config in (built, shipped):
         assert config["vision_config"]["spatial_merge_size"] == 4
@@ -55,7 +55,7 @@ def test_base_recipe_runs_end_to_end(tmp_path):
 
 
 def accuracy(model, data: Path, out: Path, *extra, frames: int = 32) -> float:
-    subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(model), "--data", str(data),
+    subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--model", str(model), "--data", str(data),
                     "--frames", str(frames), "--max-new-tokens", "64", "--batch-size", "20",
                     "--out", str(out / "pred.jsonl"), "--json", str(out / "table.json"), *extra],
                    check=True, cwd=ROOT, env=ENV, capture_output=True)
@@ -64,7 +64,7 @@ def accuracy(model, data: Path, out: Path, *extra, frames: int = 32) -> float:
 
 def test_base_reads_the_video(tmp_path):
     """The shipped base captions unseen dense videos and says how many events they hold (the
-    answer eval.py scores); with every video swapped for another question's it is near guessing.
+    answer evaluate.py scores); with every video swapped for another question's it is near guessing.
     Fails if a change stops the video reaching the model (slots, positions, vision tower, processor)."""
     synth.generate(tmp_path / "data", train=0, test=40, frames=128, size=56, captions=32, dense=True, seed=7)
     for name in ("real", "ablated"):
@@ -80,7 +80,7 @@ def test_sft_from_the_base_learns_to_look(tmp_path):
     change stops video reaching the model in training or eval, or stops SFT from learning.
 
     160 steps: the reasoning names the right colour and letter within ~60, but copying that letter
-    into <answer> is learned abruptly later (README, "the option lookup"); 150 steps reach 100%."""
+    into <answer> is learned abruptly later (docs/demo.md); 150 steps reach 100%."""
     train = synth.one_shape_questions(tmp_path / "train", 64, seed=0, asked="colour")
     test = synth.one_shape_questions(tmp_path / "test", 40, seed=1, asked="colour")
     cmd = [sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(BASE), "--data.train", str(train),

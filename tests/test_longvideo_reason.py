@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-import eval as ev
+import evaluate as ev
+import evaluation
 from minirl.data import _parse, build_prompt, load_jsonl
 from minirl.reward import accuracy_reward, embedded_options
 from minirl.video import FrameSampling, probe, read_video
@@ -123,7 +124,7 @@ def test_webm_mkv_mp4_decode_the_same(dataset, name):
 
 
 def record(row, responses, error=None):
-    """The prediction record eval.py writes for `row`, with these responses."""
+    """The prediction record evaluate.py writes for `row`, with these responses."""
     ex = _parse(row, "fixture.jsonl", 1, Path("."))
     return dict(responses=responses, error=error, answer=ex.answer, category=ex.category, options=ex.options)
 
@@ -169,4 +170,4 @@ def test_eval_cli_on_official_rows(dataset, tiny_dir, tmp_path):
     assert [r["num_frames"] for r in records] == [8] * 4
     assert sorted(table["categories"]) == ["Goal & Purpose", "Plot & Narrative", "Spatial", "Temporal"]
     assert table["lmms_eval"] == ev.lmms_metrics(records)
-    assert "lmms-eval longvideo_reason: overall" in ev.format_table(table)
+    assert "lmms-eval longvideo_reason: overall" in evaluation.format_table(table)

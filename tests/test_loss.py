@@ -100,7 +100,7 @@ def test_extreme_log_ratios_give_finite_loss_and_gradients(log_ratio, kl_kind, d
 
 
 def test_clamps_change_nothing_inside_their_range():
-    """Inside |log-ratio| < 20 (and k3 < 10) loss and gradient are bitwise today's formulas."""
+    """Inside |log-ratio| < 20 (and k3 < 10) loss and gradient are bitwise the unclamped formulas."""
     old, ref = torch.randn(64, 32) * 5, torch.randn(64, 32) * 5
     logp = (old + torch.empty(64, 32).uniform_(-19.9, 19.9)).requires_grad_()
     adv = torch.randn(64)

@@ -1,4 +1,5 @@
-"""The memory plan's formulas on hand-computed cases, its parameter counts against real models."""
+"""The memory plan's formulas on hand-computed cases, its parameter counts against real models, and the
+rollout's KV-cache waves (rollout.kv_waves) that the plan's `kv_cache` term bounds."""
 
 import json
 from dataclasses import replace
@@ -9,6 +10,7 @@ from transformers import AutoConfig
 
 from minirl import memplan as M
 from minirl.model import Block, QwenVL, load_model, sdpa_attention
+from rollout import kv_waves
 
 # A shape small enough to count by hand: head_dim 2, one KV head of 2, patches of 2 values.
 TOY = M.Shape(hidden=4, ffn=6, layers=2, heads=2, kv_heads=1, vocab=10, tied=False, v_hidden=2, v_ffn=3,
@@ -147,7 +149,7 @@ def test_vision_chunk_is_the_models():
 
 def test_kv_waves_by_hand():
     # each prompt needs (tokens + n * response) * bytes: (10 + 2 * 5) * 1 = 20
-    assert M.kv_waves([10, 10, 10], n=2, response=5, bytes_per_token=1, budget=0) == [[0, 1, 2]]  # no bound
-    assert M.kv_waves([10, 10, 10], 2, 5, 1, budget=40) == [[0, 1], [2]]
-    assert M.kv_waves([10, 30, 10], 2, 5, 1, budget=25) == [[0], [1], [2]]  # 40 > 25: alone, never dropped
-    assert M.kv_waves([], 2, 5, 1, budget=25) == []
+    assert kv_waves([10, 10, 10], n=2, response=5, bytes_per_token=1, budget=0) == [[0, 1, 2]]  # no bound
+    assert kv_waves([10, 10, 10], 2, 5, 1, budget=40) == [[0, 1], [2]]
+    assert kv_waves([10, 30, 10], 2, 5, 1, budget=25) == [[0], [1], [2]]  # 40 > 25: alone, never dropped
+    assert kv_waves([], 2, 5, 1, budget=25) == []

@@ -56,7 +56,7 @@ def test_two_nodes_sft_then_rl(setup, tmp_path):
     for node, run in enumerate(sft):
         assert run.returncode == 0, f"node {node}: {run.stderr[-3000:]}"
     rl = two_nodes("train_rl.py", ["--model.path", str(tmp_path / "sft/hf"), *common, "--rollout.n", "2",
-                                   "--rollout.max_new_tokens", "6", "--algo.micro_batch_size", "2",
+                                   "--rollout.max_new_tokens", "6", "--optim.micro_batch_size", "2",
                                    "--run.out", str(tmp_path / "rl")])
     for node, run in enumerate(rl):
         assert run.returncode == 0, f"node {node}: {run.stderr[-3000:]}"

@@ -1,10 +1,10 @@
-"""Shared-prefix packing equals today's unpacked path: per-token log-probs, entropies and every
+"""Shared-prefix packing equals the unpacked path: per-token log-probs, entropies and every
 parameter's gradient of the tiny Qwen2.5-VL on real videos, at sp = 1, 2, 3, 4, for groups of
 k = 1, 2, 5, 8 ragged responses (lengths 1 included), packed lengths not divisible by sp, a
 micro-batch of two groups with different videos, vision tower frozen and trained.
 
 Workers (gloo, as in test_sp.py) run both paths on the same inputs: `sp.sp_packed_logprobs`
-on one packed row per micro-batch, and today's `sp.sp_token_logprobs` on the right-padded
+on one packed row per micro-batch, and `sp.sp_token_logprobs` on the right-padded
 (prompt + response) sequences of `build_micro_batch`, each sequence with its own copy of the
 video. The parent computes the one-process, one-sequence-at-a-time reference and compares.
 """
@@ -23,10 +23,18 @@ from test_train import REWARD, max_diff, rl_args, run_rl
 
 import sp
 from minirl import synth
+from minirl.distributed import init_distributed
 from minirl.model import load_model, rope_index
-from minirl.packing import grouped_attention, micro_batches, pack, response_mask, varlen_layout
+from minirl.packing import (
+    build_micro_batch,
+    grouped_attention,
+    micro_batches,
+    pack,
+    response_mask,
+    sequence_positions,
+    varlen_layout,
+)
 from minirl.tiny import build_tiny_model, default_corpus
-from minirl.trainer import build_micro_batch, sequence_positions
 
 TOL = 1e-5
 MODEL_FOR_WORLD = {1: "tiny_dir", 2: "tiny_dir", 3: "odd_dir", 4: "tiny_dir"}  # sp=3 needs 3 heads
@@ -82,7 +90,8 @@ def _reference(model, videos, groups, weights, train_vision):
                 video_embeds = model.encode_video(v["pixel_values_videos"], v["video_grid_thw"])
             ids = torch.cat([prompt, r])
             slots = torch.cat([prompt == model.config.video_token_id, torch.zeros(len(r), dtype=torch.bool)])
-            positions = sequence_positions(model, v, prompt, len(r))  # (3, 1, L)
+            prompt_pos = rope_index(prompt, v["video_grid_thw"], v["second_per_grid_ts"], model.config)
+            positions = sequence_positions(prompt_pos, len(r))[:, None]  # (3, 1, L)
             hidden = model(model.embed(ids, video_embeds, slots)[None], positions)[0]  # (L, C)
             logp = torch.log_softmax(model.logits(hidden[len(prompt) - 1:-1]), dim=-1)  # (R, V)
             logprobs.append(logp.gather(1, r[:, None])[:, 0])
@@ -151,12 +160,13 @@ def _packed(model, videos, case, group, train_vision):
 
 
 def _unpacked(model, videos, case, group, train_vision):
-    """Today's path: one right-padded row per (prompt + response), each with its own video copy."""
+    """The unpacked path: one right-padded row per (prompt + response), each with its own video copy."""
     model.zero_grad(set_to_none=True)
     seqs = [(name, prompt, r) for name, prompt, responses in case["groups"] for r in responses]
     embeds = _encode(model, videos, [name for name, _, _ in seqs], group, train_vision)
-    batch = build_micro_batch(model, [p for _, p, _ in seqs], [r for _, _, r in seqs], embeds,
-                              [videos[name] for name, _, _ in seqs])
+    positions = [rope_index(p, videos[name]["video_grid_thw"], videos[name]["second_per_grid_ts"], model.config)
+                 for name, p, _ in seqs]  # (3, Lp) each
+    batch = build_micro_batch(model, [p for _, p, _ in seqs], positions, [r for _, _, r in seqs], embeds)
     lp, ent = sp.sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
                                    batch["targets"], group, with_entropy=True, video_mask=batch["video_mask"])
     picked = batch["targets"] != sp.IGNORE_INDEX  # (B, L), row-major = the unpacked order
@@ -169,7 +179,7 @@ def _worker(rank, world, port, plan_path, out_dir):
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    _, _, _, mesh = sp.init_distributed(sp=world)
+    _, _, _, mesh = init_distributed(sp=world)
     group = mesh.get_group("sp")
     plan = torch.load(plan_path, weights_only=False)
     model = load_model(plan["model_dir"])
@@ -273,7 +283,7 @@ def test_packed_positions_are_the_trainers(tiny_dir, mp4_path):
     prompt = video["input_ids"][0]
     prompt_pos = rope_index(prompt, video["video_grid_thw"], video["second_per_grid_ts"], model.config)
     packed = pack([(prompt, prompt_pos, [torch.arange(5), torch.arange(3)])], model.config.video_token_id)
-    full = sequence_positions(model, video, prompt, 4)[:, 0]  # (3, Lp + 4)
+    full = sequence_positions(prompt_pos, 4)  # (3, Lp + 4)
     P = len(prompt)
     assert torch.equal(packed.positions[:, 0, :P + 4], full)
     assert torch.equal(packed.positions[:, 0, P + 4:], full[:, P:P + 2])
@@ -388,7 +398,7 @@ def test_rl_step_equals_the_unshared_step(setup, tmp_path, world):
     so a rounding-level difference on a near-zero gradient shows at the scale of lr (1.7e-6 at
     lr 1e-4, for weights that moved 2e-4).
     """
-    args = {"optim.lr": 1e-5, "parallel.sp": 2, "algo.micro_batch_size": 4}
+    args = {"optim.lr": 1e-5, "parallel.sp": 2, "optim.micro_batch_size": 4}
     before = load_model(setup / "model").state_dict()
     shared = run_rl(world, rl_args(setup, tmp_path / "on", **args, **{"algo.logprob_micro_batch_size": 8}), tmp_path)
     plain = run_rl(world, rl_args(setup, tmp_path / "off", **args, **{"mrsp.shared_prefix": "false"}), tmp_path)
@@ -401,8 +411,8 @@ def test_rl_step_equals_the_unshared_step(setup, tmp_path, world):
 
 
 def test_sampler_logprobs_equal_packed_old_logprobs(setup, tmp_path):
-    """The sampler's log-probs vs the packed sequence-parallel recompute (fp32): same bound as today's path."""
-    args = {"parallel.sp": 2, "rollout.max_new_tokens": 16, "algo.micro_batch_size": 4, "mrsp.shared_prefix": "true"}
+    """The sampler's log-probs vs the packed sequence-parallel recompute (fp32): same bound as the unpacked path."""
+    args = {"parallel.sp": 2, "rollout.max_new_tokens": 16, "optim.micro_batch_size": 4, "mrsp.shared_prefix": "true"}
     result = run_rl(2, rl_args(setup, tmp_path / "lp", **args), tmp_path, task="logprobs")
     assert result["tokens"] > 50
     assert result["diff"] <= 1e-4

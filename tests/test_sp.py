@@ -18,8 +18,9 @@ from torch.distributed.device_mesh import init_device_mesh
 
 import sp
 from minirl.data import IGNORE_INDEX
+from minirl.distributed import init_distributed, validate_layout
 from minirl.model import load_model, rope_index, sdpa_attention
-from minirl.trainer import build_micro_batch
+from minirl.packing import build_micro_batch
 
 TOL = 1e-5
 MODEL_FOR_WORLD = {1: "tiny_dir", 2: "tiny_dir", 3: "odd_dir", 4: "tiny_dir"}  # sp=3 needs 3 heads
@@ -161,9 +162,12 @@ def _model_case(model, case, group):
     seqs = case["seqs"]
     model.zero_grad(set_to_none=True)
     videos = [s["video"] for s in seqs]
-    video_embeds = sp.encode_videos(model, videos, group)  # all videos of the micro-batch in one parallel encode
-    batch = build_micro_batch(model, [s["prompt"] for s in seqs], [s["response"] for s in seqs], video_embeds,
-                              videos)
+    video_embeds = sp.encode_videos(model, [v["video_grid_thw"] for v in videos],
+                                    [v["pixel_values_videos"] for v in videos], group)  # one parallel encode
+    positions = [rope_index(s["prompt"], v["video_grid_thw"], v["second_per_grid_ts"], model.config)
+                 for s, v in zip(seqs, videos, strict=True)]  # (3, Lp) each
+    batch = build_micro_batch(model, [s["prompt"] for s in seqs], positions, [s["response"] for s in seqs],
+                              video_embeds)
     logprobs, entropy = sp.sp_token_logprobs(model, batch["input_ids"], batch["video_embeds"], batch["positions"],
                                              batch["targets"], group, with_entropy=True,
                                              video_mask=batch["video_mask"])
@@ -184,7 +188,7 @@ def _worker(rank, world, port, plan_path, out_dir):
     else:  # the no-torchrun path
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
             os.environ.pop(key, None)
-    got_rank, got_world, device, mesh = sp.init_distributed(sp=world)
+    got_rank, got_world, device, mesh = init_distributed(sp=world)
     group = mesh.get_group("sp")
     out = dict(init=(got_rank, got_world, str(device), tuple(mesh.shape), mesh.mesh_dim_names))
     out["errors"] = {**_primitives(group), **_attention(group)}
@@ -206,14 +210,15 @@ def _worker(rank, world, port, plan_path, out_dir):
                          for n, h in zip(names, holders, strict=True)]  # pixels on their holder only
                 for parallel in (True, False):
                     out[f"held_{pattern}_{parallel}_" + "+".join(names)] = torch.cat(
-                        sp.encode_videos(model, items, group, parallel, holders))
+                        sp.encode_videos(model, [it["video_grid_thw"] for it in items],
+                                         [it.get("pixel_values_videos") for it in items], group, parallel, holders))
         # one video per rank, encoded where it was decoded: the rank's share is its own rows, not a copy
-        mine = plan["videos"]["a"]["pixel_values_videos"]
-        items = [{**plan["videos"]["a"], "pixel_values_videos": mine if r == rank else None} for r in range(world)]
-        grid = torch.cat([it["video_grid_thw"] for it in items])
-        wants = [(a, b) for a, b, _ in sp.split_temporal_groups(grid, world)]
-        rows = sp.fetch_video_rows(items, list(range(world)), wants, group, mine.shape[1], "cpu")
-        out["own_share_is_a_view"] = rows.shape == mine.shape and rows.data_ptr() == mine.data_ptr()
+        own = plan["videos"]["a"]["pixel_values_videos"]
+        grids = [plan["videos"]["a"]["video_grid_thw"]] * world
+        pixels = [own if r == rank else None for r in range(world)]
+        wants = [(a, b) for a, b, _ in sp.split_temporal_groups(torch.cat(grids), world)]
+        rows = sp.fetch_video_rows(pixels, grids, list(range(world)), wants, group, own.shape[1], "cpu")
+        out["own_share_is_a_view"] = rows.shape == own.shape and rows.data_ptr() == own.data_ptr()
     for name, case in plan["cases"].items():
         out[name] = _model_case(model, case, group)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -316,19 +321,19 @@ def test_kv_replication_keeps_gqa_grouping():
 
 def test_invalid_layouts_name_the_numbers(monkeypatch):
     with pytest.raises(ValueError, match=r"dp=1 x sp=3 = 3 does not equal the world size 4.*\[1, 2, 4\]"):
-        sp.validate_layout(4, 1, 3)
+        validate_layout(4, 1, 3)
     with pytest.raises(ValueError, match=r"sp=2 does not divide num_heads=3.*\[1, 3\]"):
-        sp.validate_layout(4, 2, 2, num_heads=3, num_kv_heads=1)
+        validate_layout(4, 2, 2, num_heads=3, num_kv_heads=1)
     with pytest.raises(ValueError, match=r"num_kv_heads=3 does not divide num_heads=4"):
-        sp.validate_layout(2, 1, 2, num_heads=4, num_kv_heads=3)
+        validate_layout(2, 1, 2, num_heads=4, num_kv_heads=3)
     with pytest.raises(ValueError, match=r"sp=0 must both be >= 1"):
-        sp.validate_layout(2, 2, 0)
+        validate_layout(2, 2, 0)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ValueError, match=r"sp=3 = 3 does not equal the world size 4"):
-        sp.init_distributed(sp=3)  # checked before any process group exists
+        init_distributed(sp=3)  # checked before any process group exists
     with pytest.raises(ValueError, match=r"sp=8 = 8 does not equal the world size 4"):
-        sp.init_distributed(sp=8)
+        init_distributed(sp=8)
     assert not dist.is_initialized()
 
 

@@ -175,7 +175,7 @@ def test_oracle_uses_only_the_sampled_frames():
 
 
 def test_report_and_cli(small, tmp_path, capsys):
-    synth.main(["report", "--data", str(small / "test.jsonl")])
+    oracle.main([str(small / "test.jsonl")])
     table = capsys.readouterr().out
     lines = table.splitlines()
     assert [line.split()[0] for line in lines[2:]] == ["8", "16", "32", "all"]

@@ -20,10 +20,11 @@ import torch.multiprocessing as mp
 from conftest import START_METHOD, free_port
 
 from minirl import synth
-from minirl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from minirl.data import load_dataset
+from minirl.distributed import sync_weights
 from minirl.model import QwenVL, load_model
+from minirl.run import compute_dtype, latest_checkpoint, load_checkpoint, save_checkpoint
 from minirl.tiny import build_tiny_model, default_corpus
-from minirl.trainer import compute_dtype, load_dataset, sync_weights
 from minirl.video import VideoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def rl_args(root, out, **overrides):
     args = {
         "model.path": root / "model", "data.train": root / "data/train.jsonl", "data.frames": 8,
         "rollout.n": 4, "rollout.max_new_tokens": 10, "optim.batch_size": 4, "optim.lr": 1e-3,
-        "algo.micro_batch_size": 2, "algo.mini_batches": 2, "algo.kl_coef": 0.05,
+        "optim.micro_batch_size": 2, "algo.mini_batches": 2, "algo.kl_coef": 0.05,
         "algo.reward": f"{root / 'reward.py'}:vowels", "run.out": out, "run.tensorboard": "false",
     }
     args.update(overrides)
@@ -67,7 +68,7 @@ def _env(rank, world, port):
 def _rl_worker(rank, world, port, argv, steps, out_file, task, nan_steps):
     _env(rank, world, port)
     from minirl import config as C
-    from minirl.trainer import full_state
+    from minirl.distributed import full_state
     from train_rl import RLConfig, Trainer
 
     result = {}
@@ -76,7 +77,7 @@ def _rl_worker(rank, world, port, argv, steps, out_file, task, nan_steps):
         if task == "logprobs":
             sync_weights(trainer.rollout_model, trainer.model)
             groups, items, cache, _ = trainer.collect({})
-            seqs = [None] * trainer.sp
+            seqs = [None] * trainer.cfg.parallel.sp
             dist.all_gather_object(seqs, trainer.advantages(groups), group=trainer.sp_group)
             seqs = [s for part in seqs for s in part]
             recomputed = trainer.logprobs(trainer.model, seqs, items, cache)
@@ -390,7 +391,7 @@ def test_rollout_waves_change_nothing_but_memory(setup, tmp_path):
     assert max_diff(waves["state"], one["state"]) <= 1e-6
 
 
-@pytest.mark.parametrize("key,value", [("algo.micro_batch_size", 0), ("algo.logprob_micro_batch_size", -1)])
+@pytest.mark.parametrize("key,value", [("optim.micro_batch_size", 0), ("algo.logprob_micro_batch_size", -1)])
 def test_micro_batch_sizes_are_checked_up_front(setup, tmp_path, key, value):
     """A micro-batch size that would silently drop samples is refused before any process group starts."""
     from minirl import config as C

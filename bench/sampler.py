@@ -1,0 +1,154 @@
+"""Our KV-cache sampler vs transformers' generate: time, tokens/s, peak memory, KV-cache bytes.
+
+    python -m bench rollout [--prompts 4] [--n 8 1] [--frames 64] [--new-tokens 128] [--json PATH] ...
+
+Builds its own tiny model and synthetic videos in a temporary directory, prints a table and, with
+--json, writes the same figures as JSON.
+"""
+
+import argparse
+import statistics
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+from bench.common import measure, write_json
+from minirl import synth
+from minirl.data import load_jsonl, rl_example
+from minirl.model import load_model, prepare_inputs
+from minirl.tiny import build_tiny_model
+from minirl.video import FrameSampling
+from rollout import SamplingParams, sample
+
+
+def add_args(parser):
+    parser.add_argument("--prompts", type=int, default=4, help="prompts (videos) per batch")
+    parser.add_argument("--n", type=int, nargs="+", default=[8, 1], help="samples per prompt, one run each")
+    parser.add_argument("--frames", type=int, default=64, help="frames per video")
+    parser.add_argument("--frame-size", type=int, default=168, help="square frame side, a multiple of 28")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine and n (median)")
+    parser.add_argument("--model-size", default="bench", help="a minirl.tiny size (hidden 256 for 'bench')")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+
+
+def run(args):
+    """Our sampler vs transformers' generate(num_return_sequences=n), same weights, same prompts.
+
+    Both start from the same processor outputs and both pay the vision tower: ours encodes each
+    video once (the embedding cache) and prefills each prompt once; transformers' generate
+    expands every prompt n times, video included, as TRL's non-vLLM path does (4 prompts in one
+    left-padded batch). Temperature 1, no top-k/top-p, no eos: both generate exactly
+    --new-tokens tokens per sample. Runs of the two engines alternate, so a busy machine slows
+    both alike.
+    """
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="minirl-bench-rollout-") as tmp:
+        _bench_rollout(args, Path(tmp), torch.device(args.device))
+
+
+def _bench_rollout(args, work: Path, device: torch.device):
+    synth.generate(work / "data", train=0, test=args.prompts, frames=args.frames, size=args.frame_size,
+                   fps=8, per_video=1)
+    model_dir = build_tiny_model(work / "model", synth.corpus(num_videos=32), size=args.model_size,
+                                 max_pixels=args.frame_size**2)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    items = [rl_example(ex, processor, FrameSampling(num_frames=args.frames), max_prompt_tokens=1 << 20)
+             for ex in load_jsonl(work / "data/test.jsonl")]
+    ours_model = load_model(model_dir, device=device).eval()
+    hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).to(device).eval()
+    cfg, video_id = ours_model.config, hf_model.config.video_token_id
+    lengths = [len(it["input_ids"]) for it in items]
+    video_tokens = [int((it["input_ids"] == video_id).sum()) for it in items]
+    print(f"model: hidden {cfg.hidden_size}, {cfg.num_layers} layers, {cfg.num_heads} heads / "
+          f"{cfg.num_kv_heads} KV heads, vision depth {hf_model.config.vision_config.depth}; "
+          f"device {device}, {torch.get_num_threads()} threads")
+    print(f"prompts: {len(items)}, lengths {lengths} tokens ({video_tokens} video tokens, {args.frames} "
+          f"frames of {args.frame_size}x{args.frame_size}); {args.new_tokens} new tokens per sample")
+
+    # transformers: one left-padded batch, as TRL builds it
+    longest = max(lengths)
+    pad = processor.tokenizer.pad_token_id
+    hf_batch = {"input_ids": torch.full((len(items), longest), pad),
+                "attention_mask": torch.zeros(len(items), longest, dtype=torch.long)}
+    for b, it in enumerate(items):
+        hf_batch["input_ids"][b, longest - len(it["input_ids"]):] = it["input_ids"]
+        hf_batch["attention_mask"][b, longest - len(it["input_ids"]):] = 1
+    hf_batch["mm_token_type_ids"] = (hf_batch["input_ids"] == video_id).long() * 2  # 2 marks a video token
+    for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        hf_batch[key] = torch.cat([it[key] for it in items])
+    hf_batch = {k: v.to(device) for k, v in hf_batch.items()}
+    # its DynamicCache holds every row of the n-times expanded, padded batch at full length
+    bytes_per_token = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * ours_model.dtype.itemsize
+
+    def run_hf(n, new_tokens) -> int:
+        out = hf_model.generate(**hf_batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                num_return_sequences=n, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                eos_token_id=None, pad_token_id=pad)
+        assert out.shape == (len(items) * n, longest + new_tokens), out.shape
+        return bytes_per_token * out.numel()
+
+    def run_ours(n, new_tokens) -> int:
+        with torch.no_grad():
+            prompts = [prepare_inputs(ours_model, it["input_ids"], it["pixel_values_videos"],
+                                      it["video_grid_thw"], it["second_per_grid_ts"]) for it in items]
+        result = sample(ours_model, prompts, SamplingParams(n=n, max_new_tokens=new_tokens, seed=0))
+        assert all(s.length == new_tokens for s in result.samples)
+        return result.prompt_cache_bytes + result.response_cache_bytes
+
+    engines = {"minirl": run_ours, "transformers": run_hf}
+    for fn in engines.values():  # warm-up (allocator, thread pools, lazy imports): prefill + 2 tokens
+        fn(1, 2)
+    rows, speedup, speedup_cpu = [], {}, {}
+    for n in args.n:
+        runs = {engine: [] for engine in engines}  # engine -> [(KV bytes, wall s, CPU s, peak bytes)]
+        for _ in range(args.repeats):  # interleaved
+            for engine, fn in engines.items():
+                runs[engine].append(measure(partial(fn, n, args.new_tokens), device))
+        figures = {}
+        for engine, rs in runs.items():
+            seconds, cpu = statistics.median(r[1] for r in rs), statistics.median(r[2] for r in rs)
+            figures[engine] = dict(n=n, engine=engine, median_s=seconds, times_s=[r[1] for r in rs],
+                                   median_cpu_s=cpu, tokens_per_s=len(items) * n * args.new_tokens / seconds,
+                                   peak_mem_mb=max(r[3] for r in rs) / 2**20, kv_cache_mb=rs[0][0] / 2**20)
+        speedup[str(n)] = figures["transformers"]["median_s"] / figures["minirl"]["median_s"]
+        speedup_cpu[str(n)] = figures["transformers"]["median_cpu_s"] / figures["minirl"]["median_cpu_s"]
+        rows += [figures["minirl"], figures["transformers"]]
+
+    mem = "peak CUDA alloc" if device.type == "cuda" else "peak RSS added"
+    print(f"\n{'n':>3} {'engine':<13} {'time s':>8} {'CPU s':>7} {'tokens/s':>9} {mem + ' MB':>20} "
+          f"{'KV cache MB':>12} {'speedup (CPU)':>15}")
+    for r in rows:
+        key = str(r["n"])
+        ratio = f"{speedup[key]:.1f}x {speedup_cpu[key]:.1f}x" if r["engine"] == "minirl" else ""
+        print(f"{r['n']:>3} {r['engine']:<13} {r['median_s']:>8.2f} {r['median_cpu_s']:>7.2f} "
+              f"{r['tokens_per_s']:>9.0f} {r['peak_mem_mb']:>20.0f} {r['kv_cache_mb']:>12.1f} {ratio:>15}")
+    mem_how = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+               else "resident set size polled every 1 ms, peak minus the level at the start of the run")
+    print(f"\ntime: median wall time of {args.repeats} interleaved runs, video encoding + prefill + decode; "
+          "CPU s: this process's CPU time, all threads (robust to other processes' load); "
+          f"speedup = transformers / minirl; {mem}: {mem_how}; KV cache: ours = the tensors allocated, "
+          "transformers' = its padded, n-times expanded cache.")
+    if args.json:
+        workload = dict(prompts=len(items), prompt_tokens=lengths, video_tokens=video_tokens,
+                        frames=args.frames, frame_size=args.frame_size, new_tokens=args.new_tokens,
+                        model_size=args.model_size,
+                        hidden_size=cfg.hidden_size, device=str(device), threads=torch.get_num_threads(),
+                        repeats=args.repeats)
+        write_json(args.json, dict(workload=workload, runs=rows, speedup=speedup, speedup_cpu=speedup_cpu))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench rollout", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
