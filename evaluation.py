@@ -1,19 +1,11 @@
-"""The held-out scorer: sampled responses per question, scored, as an accuracy table per category.
+"""The held-out scorer both trainers (`evaluate_run`) and the evaluation CLI (evaluate.py) use.
 
-The trainers' periodic and final evaluation (`evaluate_run`) and the evaluation CLI
-(evaluate.py) both use it. Each question's video is decoded and encoded once, its prompt built
-exactly as in training (`minirl.data`), and `n` responses decoded by the rollout sampler
-(rollout.py) in batches of `batch_size` questions; `minirl.reward` scores them.
-
-Policies:
-- Accuracy and format accuracy are means over all n responses of a question, then over the
-  questions (with n > 1 it is the average accuracy of a sample, not pass@n). Temperature 0
-  decodes greedily and needs n = 1.
-- A question whose video cannot be used (`VideoError`: missing, truncated, not a video) or
-  whose prompt cannot fit even with 2 frames (`PromptTooLong`) is scored 0, counted in the
-  `errors` column and recorded with its error in the predictions: never skipped, never replaced.
-- Data parallel: with world > 1 every rank decodes examples[rank::world] and every rank gets the
-  whole table back, equal to the one-process table.
+Each question's video is decoded and encoded once, its prompt built exactly as in training, its
+responses decoded by the rollout sampler and scored by `minirl.reward`; the table holds, per
+category, the mean over questions of the mean over a question's responses. A question whose
+video cannot be used (`VideoError`) or whose prompt cannot fit (`PromptTooLong`) scores 0 and is
+counted in `errors`: never skipped, never replaced. With world > 1 rank r decodes
+examples[r::world] and every rank gets the whole table, equal to the one-process table.
 """
 
 from collections.abc import Iterator
@@ -30,7 +22,6 @@ from minirl.video import FrameSampling, VideoError
 from rollout import SamplingParams, sample
 
 NO_CATEGORY = "(none)"
-
 
 
 def sampling_params(model: QwenVL, processor, max_new_tokens: int = 512, n: int = 1, temperature: float = 0.0,

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from minirl.data import IGNORE_INDEX
 from minirl.distributed import all_gather_objects, validate_layout
 from minirl.model import sdpa_attention
-from minirl.packing import Packed, grouped_attention
+from minirl.packing import Packed, grouped_attention, scatter_rows
 
 # ----------------------------------------------------------------------------- shard / gather
 
@@ -162,22 +162,22 @@ def ulysses_attn_fn(group, inner=sdpa_attention):
 # ----------------------------------------------------------------------------- parallel encoding
 
 
-def share_prompts(mine: list, group) -> list:
+def share_prompts(local: list, group) -> list:
     """The prompts of every rank of the SP `group`, in rank order, each with `holder`: the group
     rank that decoded it. Only the small fields travel (token ids, positions, video grid, answer);
     a video's pixel rows stay on its holder, and MR-SP stage 1 (`encode_videos`) sends each rank
-    only the rows it encodes. `mine` are dataclasses with `holder` and `pixel_values_videos`
-    fields; this rank's own are returned as the very objects of `mine` (holder set in place), so
+    only the rows it encodes. `local` (this rank's) are dataclasses with `holder` and
+    `pixel_values_videos` fields, returned as the very objects (holder set in place), so
     freeing their pixels in one frees them in both."""
     me = dist.get_rank(group)
-    for prompt in mine:
+    for prompt in local:
         prompt.holder = me
-    light = [dataclasses.replace(p, pixel_values_videos=None) for p in mine]
+    light = [dataclasses.replace(p, pixel_values_videos=None) for p in local]
     parts = all_gather_objects(light, group)
     for r, part in enumerate(parts):
         for p in part:
             p.holder = r
-    return [p for r, part in enumerate(parts) for p in (mine if r == me else part)]
+    return [p for r, part in enumerate(parts) for p in (local if r == me else part)]
 
 
 def split_temporal_groups(video_grid_thw: torch.Tensor, parts: int):
@@ -222,11 +222,11 @@ class _GatherShares(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        P, mine = len(ctx.sizes), ctx.sizes[dist.get_rank(ctx.group)]
-        recv = grad.new_empty(P * mine, grad.shape[1])  # every rank's gradient of our share
-        dist.all_to_all_single(recv, grad.contiguous(), output_split_sizes=[mine] * P,
+        P, own = len(ctx.sizes), ctx.sizes[dist.get_rank(ctx.group)]
+        recv = grad.new_empty(P * own, grad.shape[1])  # every rank's gradient of our share
+        dist.all_to_all_single(recv, grad.contiguous(), output_split_sizes=[own] * P,
                                input_split_sizes=ctx.sizes, group=ctx.group)
-        return recv.view(P, mine, grad.shape[1]).sum(0), None, None  # (mine, C); mine may be 0
+        return recv.view(P, own, grad.shape[1]).sum(0), None, None  # (own, C); own may be 0
 
 
 def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
@@ -351,14 +351,9 @@ def shard_video_rows(input_ids: torch.Tensor, video_embeds: torch.Tensor | None,
         return ids, None, None
     is_video = pad_to_multiple(video_mask, dist.get_world_size(group), dim=1, value=False)  # (B, Lp)
     order = (is_video.flatten().cumsum(0) - 1).view(is_video.shape)  # row of video_embeds per slot
-    mine_video = shard(is_video, group, dim=1)  # (B, L/P)
-    mine_order = shard(order, group, dim=1)
-    return ids, video_embeds[mine_order[mine_video].to(video_embeds.device)], mine_video  # (N_r, C)
-
-
-def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A (B, L) tensor holding `values` where `mask` is set, in order, and 0 elsewhere."""
-    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+    local_video = shard(is_video, group, dim=1)  # (B, L/P)
+    local_order = shard(order, group, dim=1)
+    return ids, video_embeds[local_order[local_video].to(video_embeds.device)], local_video  # (N_r, C)
 
 
 def sp_token_logprobs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor | None, positions: torch.Tensor,
@@ -390,11 +385,11 @@ def sp_token_logprobs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor
     picked = tgt != IGNORE_INDEX  # (B, L/P)
     logp = torch.log_softmax(model.logits(hidden[picked]) / temperature, dim=-1)  # (N, V)
     token_logp = logp.gather(1, tgt[picked][:, None])[:, 0]  # (N,)
-    logprobs = gather_sequence(_scatter_rows(token_logp, picked), group, dim=1, length=L)  # (B, L)
+    logprobs = gather_sequence(scatter_rows(token_logp, picked), group, dim=1, length=L)  # (B, L)
     if not with_entropy:
         return logprobs
     entropy = -(logp.exp() * logp).sum(-1)  # (N,)
-    return logprobs, gather_sequence(_scatter_rows(entropy, picked), group, dim=1, length=L)
+    return logprobs, gather_sequence(scatter_rows(entropy, picked), group, dim=1, length=L)
 
 
 class _SumOverGroup(torch.autograd.Function):
@@ -430,14 +425,14 @@ def sp_packed_logprobs(model, packed: Packed, video_embeds: torch.Tensor | None,
     attn = ulysses_attn_fn(group, grouped_attention(packed.spans, model.device))
     hidden = model(None, pos, attn, input_ids=ids, video_embeds=video_rows, video_mask=mask)[0]  # (L/P, C)
     rows = packed.pick_rows.to(model.device)
-    mine = rows // hidden.shape[0] == rank  # (N,) picks scored on this rank
-    logp = torch.log_softmax(model.logits(hidden[rows[mine] - rank * hidden.shape[0]]) / temperature, dim=-1)
-    token_logp = logp.gather(1, packed.targets.to(model.device)[mine][:, None])[:, 0]  # (N_r,)
-    outs = [_scatter_rows(token_logp, mine)]  # (N,)
+    here = rows // hidden.shape[0] == rank  # (N,) picks scored on this rank
+    logp = torch.log_softmax(model.logits(hidden[rows[here] - rank * hidden.shape[0]]) / temperature, dim=-1)
+    token_logp = logp.gather(1, packed.targets.to(model.device)[here][:, None])[:, 0]  # (N_r,)
+    outs = [scatter_rows(token_logp, here)]  # (N,)
     if with_entropy:
-        outs.append(_scatter_rows(-(logp.exp() * logp).sum(-1), mine))
+        outs.append(scatter_rows(-(logp.exp() * logp).sum(-1), here))
     if P > 1:
         outs = [_SumOverGroup.apply(o, group) for o in outs]
     slots = packed.response_slots().to(model.device)  # (B, R)
-    outs = [_scatter_rows(o, slots) for o in outs]  # (B, R) each
+    outs = [scatter_rows(o, slots) for o in outs]  # (B, R) each
     return tuple(outs) if with_entropy else outs[0]

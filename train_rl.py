@@ -49,7 +49,7 @@ from minirl.data import IGNORE_INDEX, global_indices, rl_example
 from minirl.distributed import all_gather_objects, all_reduce_sum, backward, count_skipped, optimizer_step, sync_weights
 from minirl.loss import compute_advantages, grpo_loss
 from minirl.model import rope_index
-from minirl.packing import build_micro_batch, build_packed_batch, micro_batches, scatter_like
+from minirl.packing import build_micro_batch, build_packed_batch, micro_batches, scatter_rows
 from minirl.reward import accuracy_reward, format_reward, load_reward_fn, reward
 from minirl.run import start_run, timed
 from rollout import Sample, SamplingParams, kv_waves, sample
@@ -414,8 +414,10 @@ class Trainer:
                     batch = self.micro_inputs(self.model, micro, prompts, cache, for_update=True)
                     logp, entropy = self.sp_logprobs(self.model, batch, with_entropy=True)  # (B, L) each
                     mask = (batch["targets"] != IGNORE_INDEX).to(logp.device)  # (B, L)
-                    old_logp = logp.detach() if old is None else scatter_like(logp, mask, [old[i] for i in idx])
-                    ref_logp = None if ref is None else scatter_like(logp, mask, [ref[i] for i in idx])
+                    # old/ref log-probs per sequence, laid out like logp
+                    old_logp = (logp.detach() if old is None
+                                else scatter_rows(torch.cat([old[i] for i in idx]).to(logp), mask))
+                    ref_logp = None if ref is None else scatter_rows(torch.cat([ref[i] for i in idx]).to(logp), mask)
                     adv = torch.tensor([s.advantage for s in micro], device=logp.device)
                     loss, metrics = grpo_loss(
                         logp, old_logp, adv, mask, ref_logp=ref_logp, kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,

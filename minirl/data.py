@@ -10,20 +10,12 @@ A line of a dataset is a JSON object in the LongVideo-Reason / Long-RL schema:
 synthetic benchmark's event metadata) are kept in `Example.row`. Video paths are resolved against
 a `video_dir`. A malformed line is an error naming the file, the line and the fix.
 
-The official Hugging Face LongVideo-Reason rows load unchanged:
-
-    {"problem_id": 0, "problem": "What ...?\nA. ...\nB. ...\nC. ...\nD. ...", "data_type": "video",
-     "problem_type": "goal", "reasoning": "...", "videos": "longvila_videos/I_Q3ajyOrcI.mp4",
-     "answer": "<answer>B</answer>"}
-
-- `videos` may be one path string (as there) or a one-element list (as Long-RL's training files);
-- an answer wrapped in `<answer>...</answer>` is unwrapped ("B"); the row keeps the raw value;
-- options embedded in `problem` as lines "A. ..." (no `options` field) are split off it:
-  `Example.problem` is the stem, `Example.options` the option lines, so `build_prompt` prints
-  the same text the row holds; a problem with no option lines (two official rows) stays whole;
-- `problem_type` temporal / goal / spatial / plot becomes the category "Temporal" / "Goal &
-  Purpose" / "Spatial" / "Plot & Narrative" (another value is kept as it is); `problem_id` is
-  the id when there is no `id`.
+The official Hugging Face LongVideo-Reason rows load unchanged (docs/longvideo-reason.md):
+`videos` may be one path string or a one-element list; an answer wrapped in `<answer>...</answer>`
+is unwrapped ("B", the row keeps the raw value); options embedded in `problem` as lines "A. ..."
+are split off it (`Example.options`), so `build_prompt` prints the same text the row holds;
+`problem_type` temporal / goal / spatial / plot becomes the category "Temporal" / "Goal &
+Purpose" / "Spatial" / "Plot & Narrative"; `problem_id` is the id when there is no `id`.
 Videos may be mp4, webm or mkv: decord decodes all three (tests write each with PyAV).
 
 SFT, RL and evaluation all build their prompt with `build_prompt`, the Qwen chat format with a

@@ -24,7 +24,6 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -127,11 +126,6 @@ def sync_replicated_grads(model: QwenVL):
             p.grad /= dist.get_world_size()
 
 
-def full_state(model) -> dict:
-    """The full, unsharded state dict on every rank (for the rollout copy / reference model)."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
-
-
 def sync_weights(copy: QwenVL, model) -> None:
     """Copy the current (sharded) weights of `model` into the plain `copy` the sampler decodes with.
 
@@ -139,7 +133,7 @@ def sync_weights(copy: QwenVL, model) -> None:
     weight silently left stale. The copy may be in a lower dtype (`copy_` casts).
     One tensor at a time: a sharded weight is all-gathered, cast into the copy and dropped before
     the next, so the sync adds at most one full fp32 tensor (the embedding) to the copy, never the
-    whole fp32 model that `full_state` gathers on every rank (8.29B x 4 bytes = 31 GiB for 7B: the
+    whole fp32 model that a full state dict gathers on every rank (8.29B x 4 bytes = 31 GiB for 7B: the
     memory plan's `sync_gather`). Every rank gathers the same tensors in the same order.
     """
     source, target = model.state_dict(), copy.state_dict()

@@ -279,9 +279,7 @@ def build_packed_batch(model, prompts: list[torch.Tensor], prompt_positions: lis
     return dict(packed=packed, video_embeds=torch.cat(video_embeds), targets=targets)
 
 
-def scatter_like(x: torch.Tensor, mask: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
-    """Zeros like `x` (B, L) holding the concatenated `rows` where `mask` is set, in order: per-sequence
-    values (old/ref log-probs) laid out like the log-probs of a micro-batch."""
-    out = torch.zeros_like(x)
-    out[mask.to(x.device)] = torch.cat(rows).to(x.device, x.dtype)
-    return out
+def scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like `mask` holding `values` where `mask` is set, in row-major order, 0 elsewhere
+    (differentiable in `values`): per-token values laid out like a micro-batch's log-probs."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import START_METHOD, free_port
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from minirl import synth
 from minirl.data import load_dataset
@@ -65,10 +66,14 @@ def _env(rank, world, port):
             os.environ.pop(key, None)
 
 
+def full_state(model) -> dict:
+    """The full, unsharded state dict on every rank."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+
+
 def _rl_worker(rank, world, port, argv, steps, out_file, task, nan_steps):
     _env(rank, world, port)
     from minirl import config as C
-    from minirl.distributed import full_state
     from train_rl import RLConfig, Trainer
 
     result = {}
