@@ -22,11 +22,8 @@ its output kept in WORK/logs; a step whose result exists is skipped, so an inter
 
 import argparse
 import json
-import os
 import random
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,12 +34,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoProcessor
 
+from demo import run, sft_args, torchrun
 from minirl import synth
 from minirl.data import build_prompt, build_target, encode_prompt
 from minirl.model import QwenVL, load_model, next_position, rope_index, save_pretrained
 from minirl.video import process_video, uniform_indices
-
-ROOT = Path(__file__).resolve().parent
 
 # 1. Captioning with train_sft.py, stage by stage: dense videos (1-3 long events: every event the
 #    sampled frames show, in time order, with its place), `--captions` sampled frames.
@@ -283,19 +279,6 @@ def caption_stage(args):
     save_pretrained(model, args.save)  # config.json last: the recipe takes it for "this stage is done"
 
 
-def run(cmd: list, log: Path):
-    """Run one recipe command, echoing it, with its output kept in `log`."""
-    print(f"\n$ {shlex.join(str(c) for c in cmd)}", flush=True)
-    start = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode:
-        print(log.read_text()[-4000:], file=sys.stderr)
-        raise SystemExit(f"failed ({proc.returncode}): see {log}")
-    print(f"  done in {time.time() - start:.0f}s (log: {log})", flush=True)
-
-
 def cli_flags(options: dict) -> list:
     """{"sparse_fraction": 0.6, "synth_dense": True} -> ["--sparse-fraction", 0.6, "--synth-dense"]"""
     flags = []
@@ -320,14 +303,10 @@ def pretrain_base(dest: Path, work: Path, recipe: dict):
     for i, stage in enumerate(recipe["stages"]):
         out = work / f"stage{i}"
         if not (out / "hf/config.json").exists():
-            b = recipe["batch_size"]
-            sft = {"model.path": model, "data.train": data / "train.jsonl", "data.frames": s["captions"],
-                   "parallel.sp": 2, "run.tensorboard": "false", "optim.steps": stage["steps"],
-                   "optim.batch_size": b, "optim.micro_batch_size": b, "optim.lr": stage["lr"],
-                   "optim.warmup_steps": stage["warmup_steps"], "data.frame_cache_mb": 512, "run.out": out,
-                   "model.train_vision": "true", "run.seed": i}
-            run([py, "-m", "torch.distributed.run", "--nproc_per_node", 2, "train_sft.py",
-                 *[x for k, v in sft.items() for x in (f"--{k}", v)]], work / f"logs/stage{i}.log")
+            sft = {**stage, "batch_size": recipe["batch_size"], "micro_batch_size": recipe["batch_size"]}
+            torchrun("train_sft.py", sft_args(sft, model, data / "train.jsonl", s["captions"], out,
+                                              **{"model.train_vision": "true", "run.seed": i}),
+                     work / f"logs/stage{i}.log")
         model = out / "hf"
     for i, stage in enumerate(recipe["perception"]):
         out = work / f"perception{i}"

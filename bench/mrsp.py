@@ -439,16 +439,16 @@ def run(args):
                 targets[f"{key} at {f}"] = dict(speedup=x, speedup_cpu=x_cpu, target=target, met=x >= target)
                 print(f"target: {key} at {f} frames{' (the longest (a) runs within budget)' if f == a_max else ''} = "
                       f"{fx(x)}, on CPU time {fx(x_cpu)} (>= {target}x: {'met' if x >= target else 'MISSED'})")
-        mine = longest.get(variant, {}).get("largest")
-        if a_max and mine:
-            more, bound = mine / a_max, "at least " if longest[variant]["lower_bound"] else ""
+        largest_frames = longest.get(variant, {}).get("largest")
+        if a_max and largest_frames:
+            more, bound = largest_frames / a_max, "at least " if longest[variant]["lower_bound"] else ""
             fits = [longest[v]["linear_fit"] for v in ("naive", variant)]
             fit = fits[1] / fits[0] if None not in fits and fits[0] > 0 else None
             targets[f"{variant} frames / naive frames"] = dict(
-                naive=a_max, frames=mine, ratio=more, linear_fit_ratio=fit, lower_bound=bound != "",
+                naive=a_max, frames=largest_frames, ratio=more, linear_fit_ratio=fit, lower_bound=bound != "",
                 target=more_target, met=more >= more_target)
-            print(f"target: {MRSP_LABELS[variant][:3]} fits {bound}{mine} frames vs (a) {a_max} in the same budget: "
-                  f"{bound}{more:.1f}x, linear fit {fx(fit)} (>= {more_target}x: "
+            print(f"target: {MRSP_LABELS[variant][:3]} fits {bound}{largest_frames} frames vs (a) {a_max} in the same "
+                  f"budget: {bound}{more:.1f}x, linear fit {fx(fit)} (>= {more_target}x: "
                   f"{'met' if more >= more_target else 'MISSED'})")
     longest_prompt = max((r["prompt_tokens"] for r in ok.values()), default=0)
     bound = {}

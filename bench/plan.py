@@ -4,15 +4,15 @@ video on a laptop.
     python -m bench plan [--table] [--model M] [--frames F ...] ...     the plan per GPU, no model built
                                                   (the flags of `python -m minirl.memplan`)
     python -m bench plan validate [VARIANT=FRAMES ...] [--json PATH]   the plan vs measured step peaks on CPU
-                                                  (default: the 6 configurations of PLAN_CHECKS)
+                                                  (default: the 7 configurations of PLAN_CHECKS)
     python -m bench plan hour [--frames 3600] [--variants naive shared] [--json PATH]
                                                   one RL step on hour-long videos (3,600 frames at 1 fps)
 
 validate and hour run `python -m bench mrsp` steps (one train_rl Trainer step per run, 2 fresh processes, gloo,
 fp32, the bench model, 2 prompts x n = 4 rollouts x 16 new tokens, KL on, 2 mini-batches; 1 warm-up, 1 timed and
 1 memory step) and put next to each measured peak the plan's `step_added` for the same shapes: the bench model's
-config.json, the measured prompt's token counts, one prompt per process, no gradient checkpointing, the CPU's
-flash SDPA.
+config.json, the measured prompt's token counts, one prompt per process, the variant's sp, shared prefix and
+checkpointing (`variant_setup`), the CPU's flash SDPA.
 """
 
 import argparse
@@ -25,9 +25,9 @@ from bench.common import write_json
 from minirl import memplan, synth
 from minirl.tiny import build_tiny_model
 
-# sp 1 / 2, 64 - 1,024 frames, shared prefix off / on
+# sp 1 / 2, 64 - 1,024 frames, shared prefix off / on, checkpointing off / on
 PLAN_CHECKS = [("stage1", 64), ("stage1", 512), ("stage1", 1024), ("stage1+2", 256), ("stage1+2", 1024),
-               ("shared", 1024)]
+               ("shared", 1024), ("shared+ckpt", 1024)]
 WORKLOAD = argparse.Namespace(n=4, new_tokens=16, prompts=2, steps=1)  # bench mrsp's defaults, 1 timed step
 
 
@@ -40,20 +40,34 @@ def workspace(prefix: str, frames: int, fps: int) -> tuple[Path, Path]:
     return work, model_dir
 
 
+def variant_setup(variant: str) -> dict:
+    """The plan's `Setup` fields of a `bench.mrsp` variant, read off the trainer and the train_rl flags it runs
+    with, so that every variant the validator accepts is planned as it runs (a variant the plan cannot model
+    is refused by name)."""
+    if variant not in mrsp.MRSP_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: the plan models {', '.join(mrsp.MRSP_VARIANTS)}")
+    trainer, argv = mrsp.MRSP_VARIANTS[variant]
+    flags = dict(zip(argv[::2], argv[1::2], strict=True))
+    sp = int(flags["--parallel.sp"])
+    return dict(sp=sp, ulysses=sp > 1, parallel_encode=trainer is not mrsp.NaiveTrainer,
+                shared_prefix=flags.get("--mrsp.shared_prefix") == "true",
+                grad_ckpt=flags.get("--model.gradient_checkpointing") == "true",
+                micro_batch=mrsp.forward_sizes(variant, WORKLOAD.n)["micro_batch_size"])
+
+
 def planned_mb(shape: memplan.Shape, variant: str, frames: int, run: dict) -> float:
     """The plan's peak MB a step adds per process for one `bench.mrsp` run of `variant` (its measured token counts)."""
-    sp = 2 if variant in ("stage1+2", "shared") else 1
-    setup = memplan.Setup(gpus=2, sp=sp, frames=frames, tokens_per_frame=run["video_tokens"] / frames,
+    setup = memplan.Setup(gpus=2, frames=frames, tokens_per_frame=run["video_tokens"] / frames,
                           text_tokens=run["prompt_tokens"] - run["video_tokens"], n=WORKLOAD.n,
-                          response=WORKLOAD.new_tokens, prompts_per_gpu=1, grad_ckpt=False,
-                          parallel_encode=variant != "naive", ulysses=sp > 1, shared_prefix=variant == "shared",
-                          micro_batch=mrsp.forward_sizes(variant, WORKLOAD.n)["micro_batch_size"], kl=True,
-                          compute_bytes=4, host_is_device=True)
+                          response=WORKLOAD.new_tokens, prompts_per_gpu=1, kl=True, compute_bytes=4,
+                          host_is_device=True, **variant_setup(variant))
     return memplan.plan(shape, setup)["step_added"] / 2**20
 
 
 def validate(checks=PLAN_CHECKS, json_path=None) -> list[dict]:
     """Predicted vs measured peak per process, one `bench.mrsp` run per (variant, frames) in `checks`."""
+    for variant, _ in checks:
+        variant_setup(variant)  # refuse what the plan cannot model before any run
     work, model_dir = workspace("minirl-plan-check-", max(64, *(f for _, f in checks)), fps=8)
     shape = memplan.load_shape(str(model_dir))
     rows = []

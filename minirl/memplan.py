@@ -212,10 +212,10 @@ def plan(shape: Shape, s: Setup) -> dict:
     unit = max(shape.block_params(), shape.embed_params())
     t["sync_gather"] = shape.embed_params() * 4 if s.streamed_sync else shape.params() * 4
     # encode
-    mine = round(s.prompts_per_gpu * video * shape.merge**2)  # patches this GPU encodes
-    t["video_pixels"] = mine * shape.patch_values() * 4
+    patches = round(s.prompts_per_gpu * video * shape.merge**2)  # patches this GPU encodes
+    t["video_pixels"] = patches * shape.patch_values() * 4
     d, f = shape.v_hidden, shape.v_ffn
-    t["vision_activations"] = min(mine, s.vision_chunk) * (6 * d + 3 * f) * 4  # one fp32 block of one run
+    t["vision_activations"] = min(patches, s.vision_chunk) * (6 * d + 3 * f) * 4  # one fp32 block of one run
     t["embedding_cache"] = round(group * video * shape.hidden * (s.cache_bytes or cb))
     # rollout
     kv = shape.kv_bytes_per_token(cb)

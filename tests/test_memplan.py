@@ -153,3 +153,26 @@ def test_kv_waves_by_hand():
     assert kv_waves([10, 10, 10], 2, 5, 1, budget=40) == [[0, 1], [2]]
     assert kv_waves([10, 30, 10], 2, 5, 1, budget=25) == [[0], [1], [2]]  # 40 > 25: alone, never dropped
     assert kv_waves([], 2, 5, 1, budget=25) == []
+
+
+def test_the_validator_plans_every_variant_as_it_runs():
+    """`python -m bench plan validate` plans each `bench mrsp` variant with the setup its trainer and flags
+    run (sp, the cache, the shared prefix, checkpointing), and refuses a variant it has no setup for. With
+    checkpointing the update keeps no prompt activations: (e)'s plan is far below (d)'s (it was planned as
+    (b), sp 1 without either, at 9x the measured peak)."""
+    from bench import mrsp, plan
+
+    expected = {"naive": (1, False, False, False), "stage1": (1, True, False, False),
+                "stage1+2": (2, True, False, False), "shared": (2, True, True, False),
+                "shared+ckpt": (2, True, True, True)}
+    assert set(expected) == set(mrsp.MRSP_VARIANTS)  # every variant the validator accepts
+    for variant, want in expected.items():
+        setup = plan.variant_setup(variant)
+        assert (setup["sp"], setup["parallel_encode"], setup["shared_prefix"], setup["grad_ckpt"]) == want
+        assert setup["ulysses"] == (setup["sp"] > 1)
+    with pytest.raises(ValueError, match="unknown variant 'shared\\+flash'.*shared\\+ckpt"):
+        plan.validate([("shared+flash", 64)])  # refused before any run
+    shape = M.load_shape("qwen2.5-vl-7b")
+    run = dict(video_tokens=1024 * 36, prompt_tokens=1024 * 36 + 100)  # 1,024 frames of 36 tokens
+    shared, checkpointed = (plan.planned_mb(shape, v, 1024, run) for v in ("shared", "shared+ckpt"))
+    assert checkpointed < shared / 2
