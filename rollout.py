@@ -1,45 +1,37 @@
-"""The rollout sampler: chunked prefill from embeddings, then n samples per prompt decoded
-against one shared prompt KV cache.
+"""The rollout sampler: chunked prefill from embeddings, then n samples per prompt on one shared KV cache.
 
-This is MR-SP's rollout engine. A long-video prompt is thousands to hundreds of thousands of
-tokens and a GRPO group asks for n samples of it, so the two costs that matter are the prompt
-prefill and the memory of its KV cache. Both are paid once per prompt, never n times:
+MR-SP's rollout engine: a long-video prompt runs to hundreds of thousands of tokens and GRPO wants n samples
+of it, so the costs that matter, its prefill and its KV cache, are paid once per prompt, never n times:
 
-- **Prefill once, in chunks.** Each prompt (`inputs_embeds` holding the cached video
-  embeddings, plus its 3-D M-RoPE positions) runs through the model `prefill_chunk` tokens at a
-  time. Chunk c writes its keys/values into the prompt cache and attends to everything cached
-  so far (causal within itself), so activations never exist for the whole prompt at once
-  (attention scores, where SDPA materialises them, are chunk x prompt, not prompt x prompt).
-- **Shared-prefix decode.** The n samples of a prompt hold no copy of its cache. At each decode
-  step, per layer, attention is split in two: the prompt part is one matmul of all n samples'
-  queries (all query heads of a KV head stacked, GQA) against the prompt's single cache; the
-  response part is a batched matmul of each sample against its own response cache. The two
-  softmaxes are merged exactly through their log-sum-exps.
+- **Prefill once, in chunks.** Each prompt (`inputs_embeds` with the cached video embeddings, and its 3-D
+  M-RoPE positions) runs through the model `prefill_chunk` tokens at a time. Chunk c writes its keys/values
+  into the prompt cache, then attends to all cached so far (causal within itself), so no activation spans the
+  whole prompt (attention scores, where SDPA materialises them, are chunk x prompt, not prompt x prompt).
+- **Shared-prefix decode.** The n samples of a prompt hold no copy of its cache. At each decode step, per
+  layer, attention is split in two: the prompt part is one matmul of all n samples' queries (all query heads
+  of a KV head stacked, GQA) against the prompt's single cache; the response part is a batched matmul of each
+  sample against its own response cache. The two softmaxes are merged exactly through their log-sum-exps.
 
 Design decisions and simplifications:
-- Prompts of different lengths keep *separate* prompt caches (a Python list, one (Hkv, L_p, D)
-  tensor per layer each) rather than one padded tensor: no memory or compute is spent on padding
-  a short prompt to a 100k-token neighbour, and a prompt whose n samples have all finished frees
-  its cache at once. The price is a loop over prompts inside each layer's decode attention;
-  a rollout batch holds a handful of prompts, so the loop is short.
-- All samples start decoding together, so every active sample has the same number of response
-  tokens: the response caches are one preallocated (A, Hkv, max_new - 1, D) tensor per layer with
-  no mask (the last sampled token is never fed back, hence the -1). When samples finish, the
-  active rows are compacted (the response caches are index-selected once), so finished samples
-  stop costing compute.
+- Prompts of different lengths keep *separate* prompt caches (a Python list, one (Hkv, L_p, D) tensor per
+  layer each) rather than one padded tensor: no memory or compute pads a short prompt to a 100k-token
+  neighbour, and a prompt whose n samples have all finished frees its cache at once. The price, a loop over
+  prompts in each layer's decode attention, is small: a rollout batch holds a handful of prompts.
+- All samples start decoding together, so every active sample has the same number of response tokens: the
+  response caches are one preallocated (A, Hkv, max_new - 1, D) tensor per layer with no mask (the last
+  sampled token is never fed back, hence the -1). When samples finish, the active rows are compacted (the
+  response caches are index-selected once), so finished samples stop costing compute.
 - Log-probs are those of the sampled tokens under the *temperature-scaled full* distribution,
-  `log_softmax(logits / temperature)`, before any top-k / top-p truncation (veRL's and TRL's
-  convention for the old-policy log-probs): the trainer recomputes exactly that. Greedy decoding
-  reports `log_softmax(logits)`.
-- Every sample draws from its own `torch.Generator`: sample j of prompt p is seeded with
-  `seeds[p] + j` (default `seeds[p] = SamplingParams.seed + p * n`, so every sample of a batch
-  has its own seed). A sample's tokens therefore depend only on its prompt, the parameters and
-  its seed, never on the other prompts of the batch, on when they finish, or on how prompts are
-  spread over ranks; and sample j of a prompt equals the naive `generate` run with a generator
-  seeded `seeds[p] + j`. The price is one small multinomial call per active sample per step.
+  `log_softmax(logits / temperature)`, before any top-k / top-p truncation (veRL's and TRL's convention for
+  old-policy log-probs): the trainer recomputes exactly that. Greedy decoding reports `log_softmax(logits)`.
+- Every sample draws from its own `torch.Generator`: sample j of prompt p is seeded `seeds[p] + j` (default
+  `seeds[p] = SamplingParams.seed + p * n`, so every sample of a batch has its own seed), so its tokens depend
+  only on its prompt, the parameters and its seed, never on the other prompts of the batch, on when they
+  finish, or on how prompts are spread over ranks; and sample j of a prompt equals the naive `generate` run
+  with a generator seeded `seeds[p] + j`. The price is one small multinomial call per active sample per step.
 - Stop tokens are kept at the end of the response, like the naive `minirl.model.generate`.
-- The bookkeeping (`DecodeState`: which row is which sample, positions, lengths, stop reasons) is
-  plain CPU tensors and lists; the caches live on the model's device. Nothing here is CUDA-only.
+- The bookkeeping (`DecodeState`: which row is which sample, positions, lengths, stop reasons) is plain CPU
+  tensors and lists; the caches live on the model's device. Nothing here is CUDA-only.
 """
 
 import math
@@ -147,10 +139,9 @@ def empty_caches(model: QwenVL, length: int, rows: int | None = None):
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """Softmax attention of q (..., M, D), already scaled by 1/sqrt(D), over k, v (..., S, D), no mask.
 
-    Returns (out (..., M, D) in fp32, log-sum-exp of the scores (..., M)) so that attention
-    over two disjoint key sets can be merged exactly (`merge`). The softmax is in fp32 whatever
-    the dtype, unnormalised until after the value matmul, and in place: a decode step is
-    memory-bound, so passes over the (M, S) scores are what it costs.
+    Returns (out (..., M, D) in fp32, the scores' log-sum-exp (..., M)) so attention over two disjoint key
+    sets merges exactly (`merge`). The softmax is fp32 whatever the dtype, unnormalised until after the value
+    matmul, and in place: a decode step is memory-bound, so its cost is the passes over the (M, S) scores.
     """
     scores = (q @ k.transpose(-1, -2)).float()  # (..., M, S)
     peak = scores.amax(-1, keepdim=True)  # (..., M, 1)
@@ -272,10 +263,9 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generators: list
 class DecodeState:
     """Bookkeeping of the decode loop: plain CPU tensors and lists, testable without a model.
 
-    Active row r is sample `slots[r]`, of prompt `slots[r] // n`. Rows stay sorted by sample, so
-    the rows of one prompt are a contiguous range: `groups` lists (prompt, lo, hi) for every prompt
-    with an active sample. The token of decode step s sits at position next_positions[prompt] + s
-    on all three M-RoPE axes, as in transformers.
+    Active row r is sample `slots[r]`, of prompt `slots[r] // n`. Rows stay sorted by sample, so a prompt's
+    rows are contiguous: `groups` lists (prompt, lo, hi) for every prompt with an active sample. The token of
+    decode step s sits at position next_positions[prompt] + s on all three M-RoPE axes, as in transformers.
     """
 
     def __init__(self, next_positions: list[int], n: int, max_new_tokens: int, stop_token_ids=()):
@@ -322,9 +312,8 @@ class DecodeState:
 @torch.no_grad()
 def sample(model: QwenVL, prompts: list[tuple[torch.Tensor, torch.Tensor]], params: SamplingParams,
            prefill_chunk: int = 4096, seeds: list[int] | None = None) -> Rollout:
-    """Decode `params.n` samples for each prompt (inputs_embeds (1, L, C), position_ids (3, 1, L)),
-    as `minirl.model.prepare_inputs` returns them. Samples come back prompt-major. Sample j of
-    prompt p draws its tokens with a generator seeded `seeds[p] + j`."""
+    """Decode `params.n` samples for each prompt (inputs_embeds (1, L, C), position_ids (3, 1, L)), as
+    `minirl.model.prepare_inputs` returns them; prompt-major. `seeds`: see the module docstring."""
     device, n = model.device, params.n
     if seeds is None:
         seeds = [params.seed + p * n for p in range(len(prompts))]
@@ -372,12 +361,10 @@ def sample(model: QwenVL, prompts: list[tuple[torch.Tensor, torch.Tensor]], para
 
 
 def kv_waves(prompt_tokens: list[int], n: int, response: int, bytes_per_token: int, budget: float) -> list[list[int]]:
-    """The rollout's prompts in consecutive waves whose KV cache fits `budget` bytes (0: one wave).
-
-    A prompt's cache is its prompt tokens plus n response caches of `response` tokens,
-    `bytes_per_token` each (the memory plan's `kv_cache` term, `minirl.memplan`). A prompt that alone
-    exceeds the budget goes in a wave of its own: the budget bounds a batch, never drops a prompt.
-    """
+    """The rollout's prompts in consecutive waves whose KV cache fits `budget` bytes (0: one wave). A prompt's
+    cache is its prompt tokens plus n response caches of `response` tokens, `bytes_per_token` each (the memory
+    plan's `kv_cache` term, `minirl.memplan`). A prompt that alone exceeds the budget goes in a wave of its
+    own: the budget bounds a batch, never drops a prompt."""
     waves, used = [], 0
     for i, tokens in enumerate(prompt_tokens):
         need = (tokens + n * response) * bytes_per_token

@@ -1,32 +1,28 @@
 """MR-SP: parallel video encoding (stage 1) and Ulysses sequence parallelism (stage 2).
 
-One long (prompt + response) sequence is too big for one device, so the ranks of an SP group
-share it:
+One long (prompt + response) sequence is too big for one device, so the ranks of an SP group share it:
 
-1. `parallel_encode`: the video's temporal patch groups are split across the SP ranks, each
-   rank runs the vision tower on its share, an all-gather gives every rank all the embeddings.
-   A rank receives only its share's pixel rows, from the rank that decoded the video
-   (`fetch_video_rows`): the frames cross the network once, in pieces, never as whole videos.
-   Qwen2.5-VL's vision tower attends only inside one temporal group (its `cu_seqlens` are
-   h*w per group and its attention windows are cut per group too), so the split is exact.
-2. `sp_token_logprobs`: the embedded sequence is padded to a multiple of sp and cut along the
-   sequence; each rank runs every decoder layer on its shard. Attention is the only layer
-   that mixes positions: `ulysses_attn_fn` all-to-alls the (seq shard, all heads) q/k/v into
-   (whole seq, head shard), runs ordinary causal attention on its heads, and all-to-alls the
-   output back. Log-probs are computed on each shard and gathered along the sequence.
+1. `parallel_encode`: the video's temporal patch groups are split across the SP ranks, each rank runs the
+   vision tower on its share, an all-gather gives every rank all the embeddings. A rank receives only its
+   share's pixel rows, from the rank that decoded the video (`fetch_video_rows`): the frames cross the network
+   once, in pieces, never as whole videos. Qwen2.5-VL's vision tower attends only inside one temporal group
+   (its `cu_seqlens` and attention windows are cut per group), so the split is exact.
+2. `sp_token_logprobs`: the embedded sequence is padded to a multiple of sp and cut along its length; each
+   rank runs every decoder layer on its shard. Attention is the only layer that mixes positions:
+   `ulysses_attn_fn` all-to-alls the (seq shard, all heads) q/k/v into (whole seq, head shard), runs ordinary
+   causal attention on its heads, and all-to-alls the output back. Each shard's log-probs are then gathered.
 
 Conventions that keep the pieces exact (every one is tested against one process):
-- Sharding is `full.chunk(P, dim)[rank]` after right-padding to a multiple of P. Pads at the
-  end never change a real token's output under causal masking, so no mask is needed.
-- M-RoPE positions (3, B, L) are computed once on the whole sequence (`minirl.model.rope_index`)
-  and sharded exactly like the embeddings.
-- Every collective on the autograd path is an `autograd.Function` with a hand-written backward.
-  Two backward rules appear, and which one applies depends on what the ranks do downstream:
-  when every rank computes the same loss from a gathered tensor (`gather_sequence`), a rank's
-  gradient is its own chunk of the (identical) gradient; when every rank uses the gathered
-  tensor for its *own part* of the loss (`parallel_encode`: rank r only embeds the tokens of
-  shard r), the gradient of a rank's share is the sum over ranks. Either way the parameter
-  gradients summed over the SP group equal the one-process gradients.
+- Sharding is `full.chunk(P, dim)[rank]` after right-padding to a multiple of P. Pads at the end never change
+  a real token's output under causal masking, so no mask is needed.
+- M-RoPE positions (3, B, L) are computed once on the whole sequence (`minirl.model.rope_index`) and sharded
+  exactly like the embeddings.
+- Every collective on the autograd path is an `autograd.Function` with a hand-written backward. Two backward
+  rules appear, and which one applies depends on what the ranks do downstream: when every rank computes the
+  same loss from a gathered tensor (`gather_sequence`), a rank's gradient is its own chunk of the (identical)
+  gradient; when every rank uses the gathered tensor for its *own part* of the loss (`parallel_encode`: rank r
+  only embeds the tokens of shard r), the gradient of a rank's share is the sum over ranks. Either way the
+  parameter gradients summed over the SP group equal the one-process gradients.
 - Process groups are always passed in; nothing here is global.
 """
 
@@ -55,21 +51,17 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, dim: int, value=0) -> torch.
 
 
 def shard(x: torch.Tensor, group, dim: int, value=0) -> torch.Tensor:
-    """This rank's chunk of `x` along `dim`: `pad_to_multiple(x, P, dim).chunk(P, dim)[rank]`.
-
-    Plain slicing, so autograd already does the right thing: the gradient of `x` is this
-    rank's chunk of the gradient and zero elsewhere.
-    """
+    """This rank's chunk of `x` along `dim`: `pad_to_multiple(x, P, dim).chunk(P, dim)[rank]`. Plain slicing,
+    so autograd already does the right thing: the gradient of `x` is this rank's chunk of the gradient and
+    zero elsewhere."""
     P = dist.get_world_size(group)
     return pad_to_multiple(x, P, dim, value).chunk(P, dim)[dist.get_rank(group)]
 
 
 class _GatherSequence(torch.autograd.Function):
-    """All-gather equal chunks along `dim` and drop the padding; backward: own chunk of the grad.
-
-    The backward is right when every rank computes the same loss from the gathered tensor, as
-    the policy loss does from the gathered log-probs.
-    """
+    """All-gather equal chunks along `dim` and drop the padding; backward: own chunk of the grad, right when
+    every rank computes the same loss from the gathered tensor, as the policy loss does from the gathered
+    log-probs."""
 
     @staticmethod
     def forward(ctx, x, group, dim, length):
@@ -127,22 +119,20 @@ def heads_to_seq(x: torch.Tensor, group) -> torch.Tensor:
 def kv_replication(num_heads: int, num_kv_heads: int, sp: int) -> int:
     """How many copies of each KV head Ulysses needs so every rank gets its query heads' KV.
 
-    Rank r holds query heads [r*Hq/P, (r+1)*Hq/P) and, after the all-to-all, KV heads
-    [r*Hkv'/P, (r+1)*Hkv'/P) of the Hkv' = Hkv * rep heads it was sent. Both need P | Hkv', and
-    the local GQA grouping (local query head i uses local KV head i // (Hq/Hkv')) must still be
-    the model's, so Hkv' = lcm(Hkv, P), which divides Hq because Hkv and P both do. Copies are
-    made with `repeat_interleave`: new KV head i is old head i // rep, so query head j uses
-    new head j // (Hq/Hkv') = old head j // (Hq/Hkv), exactly the model's grouping.
-    Examples: (Hq, Hkv, P) = (4, 2, 4) -> 2 copies; (3, 1, 3) -> 3; (8, 2, 2) -> 1.
+    Rank r holds query heads [r*Hq/P, (r+1)*Hq/P) and, after the all-to-all, KV heads [r*Hkv'/P, (r+1)*Hkv'/P)
+    of the Hkv' = Hkv * rep heads it was sent. Both need P | Hkv', and the local GQA grouping (local query
+    head i uses local KV head i // (Hq/Hkv')) must still be the model's, so Hkv' = lcm(Hkv, P), which divides
+    Hq because Hkv and P both do. Copies are made with `repeat_interleave`: new KV head i is old head
+    i // rep, so query head j uses new head j // (Hq/Hkv') = old head j // (Hq/Hkv), exactly the model's
+    grouping. Examples: (Hq, Hkv, P) = (4, 2, 4) -> 2 copies; (3, 1, 3) -> 3; (8, 2, 2) -> 1.
     """
     validate_layout(sp, 1, sp, num_heads, num_kv_heads)
     return math.lcm(num_kv_heads, sp) // num_kv_heads
 
 
 def ulysses_attn_fn(group, inner=sdpa_attention):
-    """An `attn_fn` for `QwenVL.forward` that runs `inner` (causal attention over the whole
-    sequence) on this rank's heads, taking and returning sequence shards. A one-rank group holds
-    the whole sequence and all heads already: `inner` itself, with no all-to-all."""
+    """An `attn_fn` for `QwenVL.forward` that runs `inner` (causal attention over the whole sequence) on this
+    rank's heads, taking and returning sequence shards; a one-rank group gets `inner` itself."""
     P = dist.get_world_size(group)
     if P == 1:
         return inner
@@ -163,12 +153,11 @@ def ulysses_attn_fn(group, inner=sdpa_attention):
 
 
 def share_prompts(local: list, group) -> list:
-    """The prompts of every rank of the SP `group`, in rank order, each with `holder`: the group
-    rank that decoded it. Only the small fields travel (token ids, positions, video grid, answer);
-    a video's pixel rows stay on its holder, and MR-SP stage 1 (`encode_videos`) sends each rank
-    only the rows it encodes. `local` (this rank's) are dataclasses with `holder` and
-    `pixel_values_videos` fields, returned as the very objects (holder set in place), so
-    freeing their pixels in one frees them in both."""
+    """The prompts of every rank of the SP `group`, in rank order, each with `holder`: the group rank that
+    decoded it. Only the small fields travel (token ids, positions, video grid, answer); a video's pixel rows
+    stay on its holder, and MR-SP stage 1 (`encode_videos`) sends each rank only the rows it encodes. `local`
+    (this rank's) are dataclasses with `holder` and `pixel_values_videos` fields, returned as the very objects
+    (holder set in place), so freeing their pixels in one frees them in both."""
     me = dist.get_rank(group)
     for prompt in local:
         prompt.holder = me
@@ -183,11 +172,10 @@ def share_prompts(local: list, group) -> list:
 def split_temporal_groups(video_grid_thw: torch.Tensor, parts: int):
     """Contiguous shares of all temporal patch groups (of all videos, in order) for `parts` ranks.
 
-    Returns one (row_start, row_end, grid_thw) per rank: rows of pixel_values_videos (group t of
-    a (T, h, w) video is h*w consecutive rows) and the grid of that share, one row per video it
-    touches (a share may end inside one video and start inside another). Shares differ by at
-    most one group and may be empty when there are fewer groups than ranks. The split counts
-    groups, not pixels: a simplification that is balanced when the videos share a resolution.
+    Returns one (row_start, row_end, grid_thw) per rank: rows of pixel_values_videos (group t of a (T, h, w)
+    video is h*w consecutive rows) and the grid of that share, one row per video it touches (a share may end
+    inside one video and start inside another). Shares differ by at most one group and may be empty (fewer
+    groups than ranks). The split counts groups, not pixels (balanced when the videos share a resolution).
     """
     groups = [(v, h, w) for v, (t, h, w) in enumerate(video_grid_thw.tolist()) for _ in range(t)]
     row_offsets = [0]
@@ -208,8 +196,8 @@ def split_temporal_groups(video_grid_thw: torch.Tensor, parts: int):
 
 
 class _GatherShares(torch.autograd.Function):
-    """All-gather shares of different sizes along dim 0; backward: the sum over ranks of the
-    gradient of this rank's share (a reduce-scatter, done as one uneven all-to-all)."""
+    """All-gather shares of different sizes along dim 0; backward: the sum over ranks of the gradient of this
+    rank's share (a reduce-scatter, done as one uneven all-to-all)."""
 
     @staticmethod
     def forward(ctx, x, sizes, group):
@@ -231,14 +219,12 @@ class _GatherShares(torch.autograd.Function):
 
 def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
                     group, share_only: bool = False) -> torch.Tensor:
-    """MR-SP stage 1: every rank gets all merged video embeddings (N_tokens, C), in order,
-    each rank having run the vision tower on its share of the temporal groups only.
-
-    Equal to `model.encode_video(pixel_values_videos, video_grid_thw)`. Differentiable: when
-    the vision tower is trained, each rank's vision gradients come from its own frames and the
-    sum over the SP group is the one-process gradient. With `share_only`, pixel_values_videos
-    holds this rank's rows only (`fetch_video_rows`), not every rank's.
-    """
+    """MR-SP stage 1: every rank gets all merged video embeddings (N_tokens, C), in order, each rank having
+    run the vision tower on its share of the temporal groups only. Equal to
+    `model.encode_video(pixel_values_videos, video_grid_thw)`. Differentiable: when the vision tower is
+    trained, each rank's vision gradients come from its own frames and the sum over the SP group is the
+    one-process gradient. With `share_only`, pixel_values_videos holds this rank's rows only
+    (`fetch_video_rows`), not every rank's."""
     if model.visual is None:
         raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
     P, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -260,17 +246,13 @@ def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: to
 
 def fetch_video_rows(pixels: list[torch.Tensor | None], grids: list[torch.Tensor], holders: list[int],
                      wants: list[tuple[int, int]], group, dim: int, device) -> torch.Tensor:
-    """Rows [start, end) = wants[rank] of the videos' pixel rows concatenated in order, fetched
-    from the SP ranks that hold them: (end - start, D = dim).
-
-    Video i's pixel rows (`pixels[i]`, grid `grids[i]`) exist on rank holders[i] only (the rank
-    that decoded it; elsewhere pixels[i] may be None). One
-    uneven all-to-all moves, from each holder to each rank, exactly the rows that rank wants and
-    nothing else: with parallel encoding a rank receives its own share of the frames, not the
-    whole group's videos. Rows a rank holds itself never enter the exchange buffers, and a
-    share that is one piece is returned as a view: when each rank encodes the video it decoded
-    (one prompt per rank), stage 1 copies no pixels at all.
-    """
+    """Rows [start, end) = wants[rank] of the videos' pixel rows concatenated in order, fetched from the SP
+    ranks that hold them: (end - start, D = dim). Video i's pixel rows (`pixels[i]`, grid `grids[i]`) exist on
+    rank holders[i] only (the rank that decoded it; elsewhere pixels[i] may be None). One uneven all-to-all
+    moves, from each holder to each rank, exactly the rows that rank wants and nothing else: with parallel
+    encoding a rank receives its own share of the frames, not the whole group's videos. Rows a rank holds
+    itself never enter the exchange buffers, and a share that is one piece is returned as a view: when each
+    rank encodes the video it decoded (one prompt per rank), stage 1 copies no pixels at all."""
     P, me = dist.get_world_size(group), dist.get_rank(group)
     counts = [int(g.prod(1).sum()) for g in grids]  # patch rows per video
     starts = [sum(counts[:i]) for i in range(len(grids))]
@@ -301,13 +283,12 @@ def encode_videos(model, grids: list[torch.Tensor], pixels: list[torch.Tensor | 
                   parallel: bool = True, holders: list[int] | None = None) -> list[torch.Tensor]:
     """MR-SP stage 1 for a list of videos: one (N_i, C) embedding per video, in order.
 
-    Video i is `pixels[i]` (pixel_values_videos, (rows, D)) with grid `grids[i]` (1, 3). All
-    videos are encoded in one call, their temporal groups split across the SP `group`
-    (parallel=True) or all on this rank (parallel=False, the ablation). `holders`: the SP rank
-    that holds each video's pixels (the others may pass None); each rank then receives only the
-    rows it encodes (`fetch_video_rows`): its share, or every row for the ablation. None: every
-    rank holds every video's pixels. Autograd records the encoding only when grad mode is on
-    and the vision tower is trained.
+    Video i is `pixels[i]` (pixel_values_videos, (rows, D)) with grid `grids[i]` (1, 3). All videos are
+    encoded in one call, their temporal groups split across the SP `group` (parallel=True) or all on this rank
+    (parallel=False, the ablation). `holders`: the SP rank that holds each video's pixels (the others may pass
+    None); each rank then receives only the rows it encodes (`fetch_video_rows`): its share, or every row for
+    the ablation. None: every rank holds every video's pixels. Autograd records the encoding only when grad
+    mode is on and the vision tower is trained.
     """
     if model.visual is None:
         raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
@@ -342,9 +323,8 @@ def shard_video_rows(input_ids: torch.Tensor, video_embeds: torch.Tensor | None,
                      group):
     """This rank's chunk of input_ids (B, L/P), of video_mask, and the video embedding rows it holds.
 
-    video_embeds (N, C) fill the video slots `video_mask` (B, L) of the whole micro-batch in
-    row-major order (sequence 0's video first), so the rows of shard r are those whose slot
-    falls in r.
+    video_embeds (N, C) fill the video slots `video_mask` (B, L) of the whole micro-batch in row-major order
+    (sequence 0's video first), so the rows of shard r are those whose slot falls in r.
     """
     ids = shard(input_ids, group, dim=1)  # (B, L/P)
     if video_embeds is None:
@@ -361,17 +341,15 @@ def sp_token_logprobs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor
                       video_mask: torch.Tensor | None = None):
     """MR-SP stage 2: per-token log-probs (B, L) of a micro-batch, sequence-parallel over `group`.
 
-    input_ids (B, L) and positions (3, B, L) are the full right-padded micro-batch (identical on
-    every rank of the group); video_embeds (N, C) fill its <|video_pad|> tokens in row-major
-    order (each sequence's own video, cached by stage 1); `video_mask` (B, L) marks those slots
-    (default: every <|video_pad|> token; trainers pass the prompts' slots only). targets (B, L)
-    holds at position i the token whose log-prob is wanted there, i.e. the next token
-    `input_ids[i + 1]`, and IGNORE_INDEX wherever it is not a response token. Each rank runs
-    the decoder on its shard with Ulysses attention and takes logits of its response rows only
-    (never a full-vocabulary tensor over the video). Returns log-probs (B, L) of
-    `logits / temperature`, 0 at ignored positions, the same on every rank and differentiable;
-    with `with_entropy`, also the entropy (B, L) of those distributions. Every rank must then
-    compute the same loss from them (see the module docstring).
+    input_ids (B, L) and positions (3, B, L) are the full right-padded micro-batch (identical on every rank);
+    video_embeds (N, C) fill its <|video_pad|> tokens in row-major order (each sequence's own video, cached by
+    stage 1); `video_mask` (B, L) marks those slots (default: every <|video_pad|> token; trainers pass the
+    prompts' slots only). targets (B, L) holds at position i the token whose log-prob is wanted there, the
+    next token `input_ids[i + 1]`, or IGNORE_INDEX where that is not a response token. Each rank runs the
+    decoder on its shard with Ulysses attention and takes logits of its response rows only (never a
+    full-vocabulary tensor over the video). Returns log-probs (B, L) of `logits / temperature`, 0 at ignored
+    positions, the same on every rank and differentiable; with `with_entropy`, also the entropy (B, L) of
+    those distributions. Every rank must then compute the same loss from them (see the module docstring).
     """
     L = input_ids.shape[1]
     if video_mask is None and video_embeds is not None:
@@ -393,8 +371,8 @@ def sp_token_logprobs(model, input_ids: torch.Tensor, video_embeds: torch.Tensor
 
 
 class _SumOverGroup(torch.autograd.Function):
-    """All-reduce sum; backward: the gradient itself. Right when each rank contributes its own
-    entries (zeros elsewhere) and every rank computes the same loss from the sum."""
+    """All-reduce sum; backward: the gradient itself. Right when each rank contributes its own entries (zeros
+    elsewhere) and every rank computes the same loss from the sum."""
 
     @staticmethod
     def forward(ctx, x, group):
@@ -409,16 +387,13 @@ class _SumOverGroup(torch.autograd.Function):
 
 def sp_packed_logprobs(model, packed: Packed, video_embeds: torch.Tensor | None, group, temperature: float = 1.0,
                        with_entropy: bool = False):
-    """`sp_token_logprobs` for shared-prefix packed groups (`minirl.packing`): log-probs (B, R) of
-    the B responses' tokens, right-padded with 0 (`packed.response_slots()`), the same on every
-    rank and differentiable; with `with_entropy`, also the entropies (B, R).
-
-    The packed row is sharded along its length like any sequence; after Ulysses' all-to-all the
-    grouped attention sees the whole row. A row may score several tokens (the last prompt row
-    scores every response's first token), so outputs are indexed by pick, not by row: each rank
-    scores the picks in its shard and one all-reduce (of zeros elsewhere) gives all of them to
-    every rank. Exact: x + 0 = x, in any order.
-    """
+    """`sp_token_logprobs` for shared-prefix packed groups (`minirl.packing`): log-probs (B, R) of the B
+    responses' tokens, right-padded with 0 (`packed.response_slots()`), the same on every rank and
+    differentiable; with `with_entropy`, also the entropies (B, R). The packed row is sharded along its length
+    like any sequence; after Ulysses' all-to-all the grouped attention sees the whole row. A row may score
+    several tokens (the last prompt row scores every response's first token), so outputs are indexed by pick,
+    not by row: each rank scores the picks in its shard and one all-reduce (of zeros elsewhere) gives all of
+    them to every rank. Exact: x + 0 = x, in any order."""
     P, rank = dist.get_world_size(group), dist.get_rank(group)
     ids, video_rows, mask = shard_video_rows(packed.input_ids, video_embeds, packed.video_mask, group)
     pos = shard(packed.positions.to(model.device), group, dim=2)  # (3, 1, L/P)

@@ -3,33 +3,30 @@
     torchrun --nproc_per_node 2 train_rl.py --model.path runs/sft/hf \
         --data.train data/train.jsonl --data.test data/test.jsonl --parallel.sp 2 --run.out runs/rl
 
-Layout: every rank rolls out its own prompts (data parallel over the world); the ranks of an SP
-group then train on the union of their groups' sequences, each sequence split along its length
-across the group (Ulysses), and FSDP2 shards the weights over all ranks.
+Layout: every rank rolls out its own prompts (data parallel); an SP group trains on the union of its ranks'
+sequences, each split along its length across the group (Ulysses); FSDP2 shards the weights over all ranks.
 
 A step (`Trainer.step`), one call each:
-1. `encode`     decode this rank's videos once (`load_prompts`, one `Prompt` each), share the
-                prompts (not the pixels) over the SP group (`sp.share_prompts`); MR-SP stage 1
-                sends each rank only the frames it encodes and gathers the embeddings into the
-                step's cache, {prompt key: video embeddings}, a value handed to every stage below.
-2. `rollout`    the batched KV-cache sampler (rollout.py) on an unsharded copy of the current
-                weights (like the vLLM engine of Long-RL / veRL), n samples per prompt.
-3. `score`      reward.py per sample. `collect` runs 1-3; with DAPO dynamic sampling it drops
-                groups whose rewards are all equal and runs them again for new prompts.
+1. `encode`     decode this rank's videos once (`load_prompts`, one `Prompt` each), share the prompts (not the
+                pixels) over the SP group (`sp.share_prompts`); MR-SP stage 1 sends each rank only the frames
+                it encodes and gathers the embeddings into the step's cache, {prompt key: video embeddings}, a
+                value handed to every stage below.
+2. `rollout`    the batched KV-cache sampler (rollout.py) on an unsharded copy of the current weights (like
+                the vLLM engine of Long-RL / veRL), n samples per prompt.
+3. `score`      reward.py per sample. `collect` runs 1-3; with DAPO dynamic sampling it drops groups whose
+                rewards are all equal and runs them again for new prompts.
 4. `advantages` loss.py, per group of n.
-5. `logprobs`   old-policy and reference log-probs by sequence-parallel prefill (MR-SP stage 2)
-                from the cached embeddings; skipped when exactly on-policy / when the KL is off.
-                Here and in the update a micro-batch's samples of one prompt are packed with one
-                copy of it under grouped attention (shared prefix, minirl/packing.py).
-6. `update`     mini-batches x ppo_epochs of the GRPO loss, FSDP2 + Ulysses, grad clip; an
-                optimizer step whose loss or gradient norm is NaN/inf is skipped on every rank.
+5. `logprobs`   old-policy and reference log-probs by sequence-parallel prefill (MR-SP stage 2) from the
+                cached embeddings; skipped when exactly on-policy / when the KL is off. Here and in `update` a
+                prompt's samples in a micro-batch share one copy of it (grouped attention, minirl/packing.py).
+6. `update`     mini-batches x ppo_epochs of the GRPO loss, FSDP2 + Ulysses, grad clip; an optimizer step
+                whose loss or gradient norm is NaN/inf is skipped on every rank.
 7. `metrics`    this rank's samples reduced over the world.
 
-Ablations: `--parallel.parallel_encode false` encodes each video on one rank, `--parallel.sp 1`
-turns off stage 2, `--mrsp.shared_prefix false` runs one (prompt + response) row per sample;
-`python -m bench mrsp` measures them against the naive baseline (bench/naive.py: no embedding
-cache, one prefill per rollout). The set-up and the end of the run are minirl/run.py's, shared
-with SFT.
+Ablations: `--parallel.parallel_encode false` encodes each video on one rank, `--parallel.sp 1` turns off
+stage 2, `--mrsp.shared_prefix false` runs one (prompt + response) row per sample; `python -m bench mrsp`
+measures them against the naive baseline (bench/naive.py: no embedding cache, one prefill per rollout). The
+set-up and the end of the run are minirl/run.py's, shared with SFT.
 """
 
 import dataclasses
@@ -114,14 +111,13 @@ class RLConfig:
 class Prompt:
     """One RL prompt as it flows through a step.
 
-    `load_prompts` builds it on the rank that decodes its video (its `holder`); `share_prompts`
-    hands every rank of the SP group a copy without the pixels; `encode` frees the holder's
-    pixels once the step's cache holds the video's embeddings (unless the update encodes the
-    video again: a trained vision tower). Every later stage finds it by `key`.
+    `load_prompts` builds it on the rank that decodes its video (its `holder`); `share_prompts` gives every SP
+    rank a copy without the pixels; `encode` frees the holder's pixels once the cache holds the video's
+    embeddings (unless a trained vision tower encodes it again in the update). Later stages find it by `key`.
     """
 
-    key: int  # its position in the seeded data stream: unique in a step, the same under every layout;
-    # it keys the embedding cache and seeds the prompt's rollouts
+    key: int  # position in the seeded data stream: unique in a step, the same on every rank and dp/sp layout;
+    # it keys the embedding cache and seeds the prompt's rollouts, so they do not depend on which rank drew it
     input_ids: torch.Tensor  # (L,) the chat prompt, one <|video_pad|> slot per video token
     positions: torch.Tensor  # (3, L) its M-RoPE positions, computed once: the sampler's and the trainer's
     video_grid_thw: torch.Tensor  # (1, 3)
@@ -188,8 +184,7 @@ class Trainer:
             sync_weights(self.rollout_model, self.model)
             groups, prompts, cache, stats = self.collect(times)  # 1-3
             local = self.advantages(groups)  # 4: this rank's sequences
-            # the SP group trains on the union of its ranks' sequences (stage 2 splits each one);
-            # the group's videos are in every SP rank's cache
+            # the SP group trains on the union of its ranks' sequences, their videos in every SP rank's cache
             seqs = [s for part in all_gather_objects(local, self.sp_group) for s in part]
             with timed(times, "old"):  # 5
                 old = None if self.on_policy else self.logprobs(self.model, seqs, prompts, cache)
@@ -203,13 +198,10 @@ class Trainer:
     # ------------------------------------------------------------------ 1-3. encode, rollout, reward
 
     def collect(self, times: dict) -> tuple[list[list[Sequence]], dict[int, Prompt], ChainMap, dict]:
-        """Steps 1-3 for this rank: (per_rank groups of n scored sequences, the SP group's prompts by
-        key, their embedding cache, sampling stats).
-
-        With DAPO's dynamic sampling, groups whose n rewards are all equal (zero advantage, no
-        signal) are dropped and `draw` runs again for the missing ones, in lockstep over all ranks
-        (the encode is collective), for at most `max_sampling_tries` rounds.
-        """
+        """Steps 1-3 for this rank: (per_rank groups of n scored sequences, the SP group's prompts by key,
+        their embedding cache, sampling stats). With DAPO's dynamic sampling, groups whose n rewards are all
+        equal (zero advantage, no signal) are dropped and `draw` runs again for the missing ones, in lockstep
+        over all ranks (the encode is collective), for at most `max_sampling_tries` rounds."""
         algo = self.cfg.algo
         tries = algo.max_sampling_tries if algo.dynamic_sampling else 1
         groups, prompts, caches, dropped = [], {}, [], 0
@@ -247,12 +239,7 @@ class Trainer:
         return {p.key: p for p in group_prompts}, cache, self.score(local, samples)
 
     def load_prompts(self, counts: list[int]) -> list[Prompt]:
-        """Decode the next prompts of the data stream: `counts[r]` of them for world rank r.
-
-        A prompt's `key` is its position in the seeded data stream: unique within a step and the
-        same on every rank and under every dp/sp layout. It keys the embedding cache and seeds
-        the prompt's rollouts, so a prompt's samples do not depend on which rank drew it.
-        """
+        """Decode the data stream's next prompts, `counts[r]` for world rank r (keys: see `Prompt.key`)."""
         start = self.cursor + sum(counts[: self.rank])
         indices = global_indices(len(self.run.train), self.cfg.run.seed, start, counts[self.rank])
         self.cursor += sum(counts)
@@ -288,10 +275,9 @@ class Trainer:
         return {p.key: e.to(self.rollout_model.dtype) for p, e in zip(prompts, embeds, strict=True)}
 
     def rollout(self, prompts: list[Prompt], cache) -> list[Sample]:
-        """Step 2: n samples of each of this rank's prompts, each prompt prefilled once from its
-        cached embeddings; prompt-major. Prompts go in waves whose KV cache fits
-        `rollout.kv_budget_gib` (`rollout.kv_waves`); a sample depends only on its prompt and seed,
-        so waves change the memory, not the samples."""
+        """Step 2: n samples of each of this rank's prompts, prompt-major, each prompt prefilled once from its
+        cached embeddings. Prompts go in waves whose KV cache fits `rollout.kv_budget_gib` (`kv_waves`); a
+        sample depends only on its prompt and seed, so waves change the memory, not the samples."""
         cfg, seeds, samples = self.rollout_model.config, self.rollout_seeds(prompts), []
         per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * self.rollout_model.dtype.itemsize
         for wave in kv_waves([len(p.input_ids) for p in prompts], self.params.n, self.params.max_new_tokens,
@@ -337,14 +323,11 @@ class Trainer:
 
     def micro_inputs(self, model, seqs: list[Sequence], prompts: dict[int, Prompt], cache,
                      for_update: bool = False) -> dict:
-        """The forward inputs of a micro-batch, each prompt with its own cached video.
-
-        Shared prefix (default): the micro-batch's samples of one prompt (consecutive: sequences
-        are prompt-major) are packed with that prompt into one group, its video once. Ablation:
-        one right-padded (prompt + response) row per sample, a video copy each. With a trainable
-        vision tower the update encodes the videos again, with gradients (stage 1 again, across
-        the SP group); the cache still serves the rollout and the old/ref forwards.
-        """
+        """The forward inputs of a micro-batch, each prompt with its own cached video. Shared prefix
+        (default): a prompt's samples in the micro-batch (consecutive: sequences are prompt-major) are packed
+        with it into one group, its video once. Ablation: one right-padded (prompt + response) row per sample,
+        a video copy each. With a trainable vision tower the update encodes the videos again, with gradients
+        (stage 1 again, across the SP group); the cache still serves the rollout and the old/ref forwards."""
         if self.cfg.mrsp.shared_prefix:
             groups = [list(g) for _, g in groupby(seqs, key=lambda s: s.key)]
         else:
@@ -389,11 +372,9 @@ class Trainer:
 
     def update(self, seqs: list[Sequence], old: list[torch.Tensor] | None, ref, prompts: dict[int, Prompt],
                cache) -> dict:
-        """Step 6: mini-batches x ppo_epochs of the GRPO loss; returns summed metrics.
-
-        An optimizer step whose loss or gradient norm is NaN/inf on any rank is skipped by all
-        (`optimizer_step`) and counted; `optim.max_skipped_steps` in a row stop the run.
-        """
+        """Step 6: mini-batches x ppo_epochs of the GRPO loss; returns summed metrics. An optimizer step whose
+        loss or gradient norm is NaN/inf on any rank is skipped by all (`optimizer_step`) and counted;
+        `optim.max_skipped_steps` in a row stop the run."""
         cfg = self.cfg.algo
         sums = {"grad_norm": 0.0, "optimizer_steps": 0, "skipped_steps": 0}
         n, parts = self.cfg.rollout.n, cfg.mini_batches
@@ -478,9 +459,8 @@ class Trainer:
 
 
 def category_metrics(categories: list, accuracy: list[float], abs_adv: list[float]) -> dict:
-    """Per question category: the samples' accuracy and the category's share of the step's summed
-    |advantage|, i.e. which questions push the update (with dynamic sampling, only groups that were
-    kept). Empty when the data has no categories."""
+    """Per question category: the samples' accuracy and the category's share of the step's summed |advantage|
+    (which questions push the update; with dynamic sampling, only kept groups). Empty without categories."""
     total = sum(abs_adv) or 1.0
     out = {}
     for cat in sorted({c for c in categories if c}):

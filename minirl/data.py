@@ -1,32 +1,29 @@
-"""The LongVideo-Reason jsonl schema, the one prompt template, SFT / RL examples, and the datasets
-the trainers load (every video probed up front) with their seeded data stream.
+"""The LongVideo-Reason jsonl schema, the one prompt template, SFT / RL examples, and the datasets the
+trainers load (every video probed up front) with their seeded data stream.
 
 A line of a dataset is a JSON object in the LongVideo-Reason / Long-RL schema:
 
     {"problem": str, "answer": str, "videos": ["rel/path.mp4"] (or "video": str),
      "options": ["A. ...", ...], "reasoning": str, "category": str, "id": str}
 
-`options`, `reasoning` (needed for SFT), `category` and `id` are optional; other keys (the
-synthetic benchmark's event metadata) are kept in `Example.row`. Video paths are resolved against
-a `video_dir`. A malformed line is an error naming the file, the line and the fix.
+`options`, `reasoning` (needed for SFT), `category` and `id` are optional; other keys (the synthetic
+benchmark's event metadata) are kept in `Example.row`. Video paths are resolved against a `video_dir`. A
+malformed line is an error naming the file, the line and the fix.
 
-The official Hugging Face LongVideo-Reason rows load unchanged (docs/longvideo-reason.md):
-`videos` may be one path string or a one-element list; an answer wrapped in `<answer>...</answer>`
-is unwrapped ("B", the row keeps the raw value); options embedded in `problem` as lines "A. ..."
-are split off it (`Example.options`), so `build_prompt` prints the same text the row holds;
-`problem_type` temporal / goal / spatial / plot becomes the category "Temporal" / "Goal &
-Purpose" / "Spatial" / "Plot & Narrative"; `problem_id` is the id when there is no `id`.
-Videos may be mp4, webm or mkv: decord decodes all three (tests write each with PyAV).
+The official Hugging Face LongVideo-Reason rows load unchanged (docs/longvideo-reason.md): `videos` may be one
+path string or a one-element list; an answer wrapped in `<answer>...</answer>` is unwrapped ("B", the row
+keeps the raw value); options embedded in `problem` as lines "A. ..." are split off it (`Example.options`), so
+`build_prompt` prints the same text the row holds; `problem_type` temporal / goal / spatial / plot becomes the
+category "Temporal" / "Goal & Purpose" / "Spatial" / "Plot & Narrative"; `problem_id` is the id when there is
+no `id`. Videos may be mp4, webm or mkv: decord decodes all three (tests write each with PyAV).
 
-SFT, RL and evaluation all build their prompt with `build_prompt`, the Qwen chat format with a
-single `<|video_pad|>`; `encode_prompt` expands that placeholder into one token per merged video
-patch, t*h*w / merge_size**2 of them, read off `video_grid_thw` (the same count the transformers
-processor inserts).
+SFT, RL and evaluation all build their prompt with `build_prompt`, the Qwen chat format with a single
+`<|video_pad|>`; `encode_prompt` expands that placeholder into one token per merged video patch,
+t*h*w / merge_size**2 of them, read off `video_grid_thw` (the same count the transformers processor inserts).
 
-Token budget policy: a prompt longer than `max_prompt_tokens` gets fewer frames, never a cut
-question: the frame count drops to the largest even number whose tokens fit (logged, and
-reported in the example's `num_frames` / `frames_reduced`); if even 2 frames do not fit,
-`PromptTooLong` is raised.
+Token budget policy: a prompt longer than `max_prompt_tokens` gets fewer frames, never a cut question: the
+frame count drops to the largest even number whose tokens fit (logged, and reported in the example's
+`num_frames` / `frames_reduced`); if even 2 frames do not fit, `PromptTooLong` is raised.
 """
 
 import dataclasses
@@ -197,11 +194,9 @@ def _tokenize(processor, text: str) -> list[int]:
 
 
 def encode_prompt(processor, prompt: str, num_video_tokens: int) -> list[int]:
-    """Token ids of `prompt` with its single `<|video_pad|>` expanded to num_video_tokens copies.
-
-    The placeholder is a special token, so expanding after tokenising gives the same ids as
-    tokenising the expanded text, without tokenising thousands of copies.
-    """
+    """Token ids of `prompt` with its single `<|video_pad|>` expanded to num_video_tokens copies. The
+    placeholder is a special token, so expanding after tokenising gives the same ids as tokenising the
+    expanded text, without tokenising thousands of copies."""
     ids = _tokenize(processor, prompt)
     pad = processor.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
     if ids.count(pad) != 1:
@@ -260,7 +255,6 @@ def _video_inputs(example: Example, processor, sampling: FrameSampling, max_prom
 def sft_example(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int,
                 cache: FrameCache | None = None) -> dict:
     """input_ids = prompt + `<think>reasoning</think><answer>X</answer><|im_end|>`, labels on the latter.
-
     cache: decoded frames kept from earlier epochs (see `FrameCache`)."""
     if example.reasoning is None:
         raise ValueError(f"{example.id}: SFT needs a 'reasoning' field (the chain of thought to imitate)")
@@ -301,10 +295,8 @@ def frame_sampling(data_cfg) -> FrameSampling:
 
 def load_dataset(path, video_dir, bad_videos: str = "error") -> list[Example]:
     """Load a jsonl and probe every video up front, so a broken file is found before step 1.
-
-    bad_videos="error": raise, listing every unreadable video with its reason.
-    bad_videos="drop": remove those examples and print which (never replaced by other videos).
-    """
+    bad_videos="error": raise, listing every unreadable video with its reason; "drop": remove those examples
+    and print which (never replaced by other videos)."""
     examples = load_jsonl(path, video_dir or None)
     bad = {}
     for ex in examples:
@@ -334,10 +326,8 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
 
 
 def global_indices(num_examples: int, seed: int, start: int, count: int) -> list[int]:
-    """Dataset indices at global positions [start, start + count) of the seeded epoch stream.
-
-    The data position is one integer, so resume is exact and independent of the rank layout.
-    """
+    """Dataset indices at global positions [start, start + count) of the seeded epoch stream. The data
+    position is one integer, so resume is exact and independent of the rank layout."""
     out = []
     for pos in range(start, start + count):
         epoch, i = divmod(pos, num_examples)

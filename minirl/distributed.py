@@ -1,22 +1,20 @@
-"""Distributed set-up: the process group and the ("dp", "sp") mesh with its layout checked up front,
-FSDP2 over every rank, the guarded optimizer step, weight sync into the sampler's copy, and the
-two small collectives the trainers use. A library module: it imports nothing from the top level.
+"""Distributed set-up: the process group and the ("dp", "sp") mesh with its layout checked up front, FSDP2
+over every rank, the guarded optimizer step, weight sync into the sampler's copy, and the two small
+collectives the trainers use. A library module: it imports nothing from the top level.
 
-FSDP2 layout. Parameters are sharded over *all* ranks (a 1-D mesh of the whole world): the SP
-ranks of a group hold different shards too, so memory per rank falls with dp * sp. Every
-decoder block is its own FSDP unit, and so are `embed_tokens` and `lm_head`, because the
-trainers call them outside the root forward (embedding a batch before sharding it along the
-sequence; logits only at response rows). The vision tower is not sharded: it is frozen by
-default, and when trained its replicated gradients are summed by `sync_replicated_grads`.
+FSDP2 layout. Parameters are sharded over *all* ranks (a 1-D mesh of the whole world): the SP ranks of a group
+hold different shards too, so memory per rank falls with dp * sp. Every decoder block is its own FSDP unit,
+and so are `embed_tokens` and `lm_head`, because the trainers call them outside the root forward (embedding a
+batch before sharding it along the sequence; logits only at response rows). The vision tower is not sharded:
+it is frozen by default, and when trained its replicated gradients are summed by `sync_replicated_grads`.
 
-Gradient convention: every rank's loss is its exact share of one global loss (global token and
-sequence counts, see minirl.loss), so the right gradient is the *sum* over ranks. FSDP's
-reduce-scatter averages over ranks (a divide factor of 1 would need PREMUL_SUM, which gloo
-lacks), so `backward` scales each loss by the world size first.
+Gradient convention: every rank's loss is its exact share of one global loss (global token and sequence
+counts: minirl.loss), so the right gradient is the *sum* over ranks. FSDP's reduce-scatter averages (a divide
+factor of 1 would need PREMUL_SUM, which gloo lacks), so `backward` scales each loss by the world size first.
 
-Non-finite steps: when the loss or the global gradient norm is NaN or inf on any rank, every
-rank skips that optimizer step (`optimizer_step`), so no NaN ever reaches the weights or the
-AdamW moments; `max_skipped_steps` such steps in a row stop the run (`NonFiniteError`).
+Non-finite steps: when the loss or the global gradient norm is NaN or inf on any rank, every rank skips that
+optimizer step (`optimizer_step`), so no NaN ever reaches the weights or the AdamW moments;
+`max_skipped_steps` such steps in a row stop the run (`NonFiniteError`).
 """
 
 import math
@@ -37,12 +35,9 @@ def _divisors(n: int) -> list[int]:
 
 def validate_layout(world: int, dp: int, sp: int, num_heads: int | None = None,
                     num_kv_heads: int | None = None) -> None:
-    """Check the parallel degrees up front, with errors that name every number and the fix.
-
-    Ulysses gives each SP rank num_heads / sp query heads, so sp must divide num_heads. Any
-    num_kv_heads works (KV heads are replicated when there are fewer than sp, see
-    `kv_replication`) as long as it is a valid GQA grouping of the query heads.
-    """
+    """Check the parallel degrees up front, with errors that name every number and the fix. Ulysses gives each
+    SP rank num_heads / sp query heads, so sp must divide num_heads. Any num_kv_heads works (fewer than sp are
+    replicated, see `kv_replication`) as long as it is a valid GQA grouping of the query heads."""
     if dp < 1 or sp < 1:
         raise ValueError(f"dp={dp} and sp={sp} must both be >= 1")
     if dp * sp != world:
@@ -62,13 +57,10 @@ def validate_layout(world: int, dp: int, sp: int, num_heads: int | None = None,
 
 
 def init_distributed(sp: int = 1):
-    """(rank, world, device, mesh) from torchrun's environment; one process without torchrun.
-
-    The mesh is `DeviceMesh(("dp", "sp"))` with sp innermost, so an SP group is consecutive
-    ranks (one node: the all-to-alls stay on the fast links). Backend: nccl on CUDA, gloo on
-    CPU. Without torchrun (no RANK in the environment) this is a world of one whose group lives
-    in an in-memory store: no port is opened.
-    """
+    """(rank, world, device, mesh) from torchrun's environment; one process without torchrun. The mesh is
+    `DeviceMesh(("dp", "sp"))` with sp innermost, so an SP group is consecutive ranks (one node: the
+    all-to-alls stay on the fast links). Backend: nccl on CUDA, gloo on CPU. Without torchrun (no RANK in the
+    environment) this is a world of one whose group lives in an in-memory store: no port is opened."""
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     torchrun = "RANK" in os.environ
@@ -89,10 +81,9 @@ def init_distributed(sp: int = 1):
     return rank, world, device, mesh
 
 
-
 def shard_model(model: QwenVL, device, dtype: torch.dtype = torch.float32) -> QwenVL:
-    """Apply FSDP2 over every rank (see the module docstring). The weights stay fp32 (master
-    weights, AdamW state); forwards run in `dtype`, gradients are reduced in fp32."""
+    """Apply FSDP2 over every rank (see the module docstring). The weights stay fp32 (master weights, AdamW
+    state); forwards run in `dtype`, gradients are reduced in fp32."""
     world = dist.get_world_size()
     mesh = init_device_mesh(device.type, (world,))
     kw = dict(mesh=mesh)
@@ -116,8 +107,8 @@ def backward(loss: torch.Tensor):
 
 
 def sync_replicated_grads(model: QwenVL):
-    """Average the gradients of the unsharded (replicated) vision tower over all ranks, like FSDP
-    does for the sharded weights (both were scaled by the world size in `backward`)."""
+    """Average the gradients of the unsharded (replicated) vision tower over all ranks, like FSDP does for the
+    sharded weights (both were scaled by the world size in `backward`)."""
     if model.visual is None or dist.get_world_size() == 1:
         return
     for p in model.visual.parameters():
@@ -127,15 +118,13 @@ def sync_replicated_grads(model: QwenVL):
 
 
 def sync_weights(copy: QwenVL, model) -> None:
-    """Copy the current (sharded) weights of `model` into the plain `copy` the sampler decodes with.
-
-    Strict: a key missing on either side or a shape that differs is an error naming it, never a
-    weight silently left stale. The copy may be in a lower dtype (`copy_` casts).
-    One tensor at a time: a sharded weight is all-gathered, cast into the copy and dropped before
-    the next, so the sync adds at most one full fp32 tensor (the embedding) to the copy, never the
-    whole fp32 model that a full state dict gathers on every rank (8.29B x 4 bytes = 31 GiB for 7B: the
-    memory plan's `sync_gather`). Every rank gathers the same tensors in the same order.
-    """
+    """Copy the current (sharded) weights of `model` into the plain `copy` the sampler decodes with. Strict: a
+    key missing on either side or a shape that differs is an error naming it, never a weight silently left
+    stale. The copy may be in a lower dtype (`copy_` casts). One tensor at a time: a sharded weight is
+    all-gathered, cast into the copy and dropped before the next, so the sync adds at most one full fp32
+    tensor (the embedding) to the copy, never the whole fp32 model that a full state dict gathers on every
+    rank (8.29B x 4 bytes = 31 GiB for 7B: the memory plan's `sync_gather`). Every rank gathers the same
+    tensors in the same order."""
     source, target = model.state_dict(), copy.state_dict()
     problems = []
     if missing := [k for k in target if k not in source]:
@@ -156,13 +145,10 @@ class NonFiniteError(RuntimeError):
 
 
 def optimizer_step(model, optimizer, max_norm: float, loss: float) -> tuple[float, bool]:
-    """Clip and take the optimizer step for the gradients accumulated since the last one, unless
-    `loss` (this rank's) or the global gradient norm is NaN/inf on any rank.
-
-    The ranks agree through one all-reduce of a non-finite flag: a rank that stepped while another
-    skipped would fork the replicas. Returns (gradient norm before clipping, whether the step was
-    taken); the gradients are zeroed either way.
-    """
+    """Clip and take the optimizer step for the gradients accumulated since the last one, unless `loss` (this
+    rank's) or the global gradient norm is NaN/inf on any rank. The ranks agree through one all-reduce of a
+    non-finite flag: a rank that stepped while another skipped would fork the replicas. Returns (gradient norm
+    before clipping, whether the step was taken); the gradients are zeroed either way."""
     sync_replicated_grads(model)
     norm = clip_grad_norm(model, max_norm)
     stepped = all_reduce_sum(0.0 if math.isfinite(loss) and math.isfinite(norm) else 1.0) == 0
@@ -183,11 +169,9 @@ def count_skipped(in_a_row: int, stepped: bool, limit: int) -> int:
 
 
 def clip_grad_norm(model, max_norm: float) -> float:
-    """Clip by the global gradient norm; returns the norm before clipping.
-
-    The sharded (DTensor) gradients and the replicated vision-tower ones are normed separately
-    (DTensor ops refuse a mix), then combined: sqrt(sharded^2 + replicated^2).
-    """
+    """Clip by the global gradient norm; returns the norm before clipping. The sharded (DTensor) gradients and
+    the replicated vision-tower ones are normed separately (DTensor ops refuse a mix), then combined:
+    sqrt(sharded^2 + replicated^2)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     groups = [[g for g in grads if isinstance(g, DTensor)], [g for g in grads if not isinstance(g, DTensor)]]
     norms = []

@@ -1,18 +1,18 @@
 """GRPO's pieces: advantages, the clipped policy loss, KL to the reference, loss aggregation.
 
-Every function works on plain tensors so each can be checked against hand-computed values.
-Shapes: rewards (G, n) for G prompts with n samples each; per-token tensors (B, T) with a
-0/1 `mask` marking response tokens (B = G * n flattened group-major).
+Every function works on plain tensors so each can be checked against hand-computed values. Shapes: rewards
+(G, n) for G prompts with n samples each; per-token tensors (B, T) with a 0/1 `mask` marking response tokens
+(B = G * n flattened group-major).
 
-Aggregation takes the *global* denominators (token and sequence counts summed over every
-data-parallel and sequence-parallel rank) as arguments, so the loss each rank computes is its
-exact share of one global loss and the summed gradient does not depend on how the batch was
-split across ranks or micro-batches (the bug where each micro-batch is averaged separately).
+Aggregation takes the *global* denominators (token and sequence counts summed over every data-parallel and
+sequence-parallel rank) as arguments, so the loss each rank computes is its exact share of one global loss and
+the summed gradient does not depend on how the batch was split across ranks or micro-batches (the bug where
+each micro-batch is averaged separately).
 
-Numerical safety, as veRL and NVlabs/Long-RL do it: the log-ratio is clamped to +-20 before
-every `exp` (e^20 ~ 5e8 is far past any clip range, e^1e4 is inf and inf * 0 is a NaN gradient),
-and the k3 estimate is clamped to 10. Inside those ranges the values and gradients are exactly
-the unclamped formulas; outside, the token's gradient is zero instead of inf or NaN.
+Numerical safety, as veRL and NVlabs/Long-RL do it: the log-ratio is clamped to +-20 before every `exp`
+(e^20 ~ 5e8 is far past any clip range, e^1e4 is inf and inf * 0 is a NaN gradient), and the k3 estimate is
+clamped to 10. Inside those ranges the values and gradients are exactly the unclamped formulas; outside, the
+token's gradient is zero instead of inf or NaN.
 """
 
 import torch
@@ -25,14 +25,13 @@ K3_CLAMP = 10.0
 def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = EPS) -> torch.Tensor:
     """(G, n) rewards -> (G * n,) advantages: reward minus its group mean, divided by a std.
 
-    scale = "group": the group's std (GRPO); "batch": the std of all rewards (more stable when
-    groups are tiny); "none": no division (Dr. GRPO: the std division biases toward easy and
-    hard questions).
+    scale = "group": the group's std (GRPO); "batch": the std of all rewards (more stable when groups are
+    tiny); "none": no division (Dr. GRPO: the std division biases toward easy and hard questions).
 
-    A group whose rewards are all equal gets exactly 0.0, for every scale. Arithmetic cannot
-    promise that: eight samples scoring 0.9 have a float32 mean off by ~6e-8 and a std of the
-    same ~6e-8, so (r - mean) / (std + eps) is +0.056 for all eight and pushes the whole group
-    one way. Such groups are detected (max == min) and zeroed instead.
+    A group whose rewards are all equal gets exactly 0.0, for every scale. Arithmetic cannot promise that:
+    eight samples scoring 0.9 have a float32 mean off by ~6e-8 and a std of the same ~6e-8, so
+    (r - mean) / (std + eps) is +0.056 for all eight and pushes the whole group one way. Such groups are
+    detected (max == min) and zeroed instead.
     """
     centered = rewards - rewards.mean(dim=1, keepdim=True)
     if scale == "group":
@@ -47,10 +46,8 @@ def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = EP
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """(G, n) -> (G * n,): reward minus the mean of the *other* n - 1 samples (leave-one-out).
-
-    All-equal groups get exactly 0.0 (the rounded sum minus one sample is not n - 1 samples).
-    """
+    """(G, n) -> (G * n,): reward minus the mean of the *other* n - 1 samples (leave-one-out). All-equal
+    groups get exactly 0.0 (the rounded sum minus one sample is not n - 1 samples)."""
     n = rewards.shape[1]
     if n < 2:
         raise ValueError("RLOO needs at least 2 samples per prompt (rollout.n >= 2)")
@@ -76,10 +73,10 @@ def policy_loss(logp, old_logp, advantages, clip_low: float = 0.2, clip_high: fl
                 dual_clip: float | None = None):
     """PPO-clip per token, with DAPO's clip-higher (separate low/high ranges) and optional dual clip.
 
-    logp, old_logp: (B, T); advantages: (B,) broadcast over tokens. Returns the per-token loss
-    (B, T) and masks of where the low / high clip was active (for clip-fraction metrics).
-    Dual clip (Ye et al. 2020) bounds the loss of a negative-advantage token by dual_clip * |A|.
-    The log-ratio is clamped to +-LOG_RATIO_CLAMP before `exp` (see the module docstring).
+    logp, old_logp: (B, T); advantages: (B,) broadcast over tokens. Returns the per-token loss (B, T) and
+    masks of where the low / high clip was active (for clip-fraction metrics). Dual clip (Ye et al. 2020)
+    bounds the loss of a negative-advantage token by dual_clip * |A|. The log-ratio is clamped to
+    +-LOG_RATIO_CLAMP before `exp` (see the module docstring).
     """
     adv = advantages[:, None]
     ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
@@ -98,10 +95,9 @@ def policy_loss(logp, old_logp, advantages, clip_low: float = 0.2, clip_high: fl
 def kl_penalty(logp, ref_logp, kind: str = "k3"):
     """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1 / k2 / k3).
 
-    k1 = log r, k2 = (log r)^2 / 2, k3 = exp(-log r) - 1 + log r with log r = logp - ref_logp.
-    k3 is unbiased and always >= 0 (low variance); it is the GRPO default. Its log-ratio is
-    clamped to +-LOG_RATIO_CLAMP before `exp` and the estimate to K3_CLAMP (veRL's low_var_kl);
-    k1 and k2 are polynomials, finite without a clamp.
+    k1 = log r, k2 = (log r)^2 / 2, k3 = exp(-log r) - 1 + log r with log r = logp - ref_logp. k3 is unbiased
+    and always >= 0 (low variance); it is the GRPO default. Its log-ratio is clamped to +-LOG_RATIO_CLAMP
+    before `exp` and the estimate to K3_CLAMP (veRL's low_var_kl); k1 and k2, polynomials, need no clamp.
     """
     log_ratio = logp - ref_logp
     if kind == "k1":
@@ -141,11 +137,9 @@ def grpo_loss(logp, old_logp, advantages, mask, *, ref_logp=None, kl_coef: float
               clip_low: float = 0.2, clip_high: float = 0.28, dual_clip: float | None = None,
               agg: str = "token-mean", global_tokens: float, global_seqs: float,
               max_response_len: int | None = None):
-    """The GRPO objective for one micro-batch; returns (loss, metrics as a dict of token sums).
-
-    Metrics are sums over this micro-batch's response tokens (plus the token count), so the
-    caller can add them across micro-batches and ranks and divide once.
-    """
+    """The GRPO objective for one micro-batch; returns (loss, metrics as a dict of token sums). Metrics are
+    sums over this micro-batch's response tokens (plus the token count), so the caller can add them across
+    micro-batches and ranks and divide once."""
     token_loss, low, high = policy_loss(logp, old_logp, advantages, clip_low, clip_high, dual_clip)
     pg_loss = aggregate(token_loss, mask, agg, global_tokens, global_seqs, max_response_len)
     loss = pg_loss

@@ -1,21 +1,20 @@
 """A Qwen2.5-VL language model written here, with transformers' vision tower as frame encoder.
 
-Why our own decoder: MR-SP needs to own the attention call (Ulysses all-to-all for training,
-a shared-prefix KV cache for rollout) and to start from `inputs_embeds` holding cached video
-embeddings. Both plug in through `attn_fn`, so the model itself never changes:
+Why our own decoder: MR-SP must own the attention call (Ulysses all-to-all for training, a shared-prefix KV
+cache for rollout) and start from `inputs_embeds` holding cached video embeddings. Both plug in through
+`attn_fn`; the model never changes:
 
     attn_fn(q, k, v, layer_idx) -> out     q: (B, L, Hq, D)  k, v: (B, L, Hkv, D)  out: (B, L, Hq, D)
 
-q and k arrive with 3-D M-RoPE already applied. The default is causal SDPA (flash-attn on CUDA
-when importable). Sequences in a batch are right-padded: under a causal mask a pad never
-changes a real token's output, so no attention mask is needed anywhere.
+q and k arrive with 3-D M-RoPE applied. Default: causal SDPA (flash-attn on CUDA if importable). Batches are
+right-padded: under a causal mask a pad never changes a real token's output, so no attention mask is needed.
 
-The forward returns hidden states; callers take logits only at the positions they need
-(`model.logits(h)`), so full-vocabulary logits over a 100k-token video prompt never exist.
+The forward returns hidden states; callers take logits only at the positions they need (`model.logits(h)`), so
+full-vocabulary logits over a 100k-token video prompt never exist.
 
-Loading is strict (every expected tensor present, none unexpected, shapes equal) and accepts
-both Hugging Face key layouts and text-only Qwen2/Qwen2.5 checkpoints. `save_pretrained` writes
-what transformers' `Qwen2_5_VLForConditionalGeneration.from_pretrained` loads.
+Loading is strict (all expected tensors, none unexpected, equal shapes) and reads both Hugging Face key
+layouts and text-only Qwen2/Qwen2.5 checkpoints; `save_pretrained` writes what transformers'
+`Qwen2_5_VLForConditionalGeneration.from_pretrained` loads.
 """
 
 import json
@@ -65,17 +64,14 @@ MODEL_TYPES = ("qwen2_5_vl", "qwen2_5_vl_text", "qwen2")
 def check_config(hf_config) -> None:
     """Refuse, naming the field and the fix, every config value whose math this decoder does not do.
 
-    Loading must never succeed and then compute other logits than transformers. Of the
-    Qwen2.5-VL / Qwen2 text-config fields, these are implemented: the sizes, rms_norm_eps,
-    rope_parameters' rope_theta and mrope_section, tie_word_embeddings. These are refused unless
-    they hold the one value implemented: model_type, hidden_act, use_sliding_window /
-    layer_types, attention_dropout, head_dim, rope_type, and the vision tower's out_hidden_size
-    (its embeddings fill hidden_size-wide slots). The rest do not change a forward pass:
-    max_position_embeddings (read only by dynamic rope types, refused), sliding_window and
-    max_window_layers (read only when use_sliding_window is true), initializer_range,
-    use_cache, token ids. (pad_token_id also makes transformers' embedding row of that token
-    receive no gradient; here pads never reach the loss, so only a pad token sampled inside a
-    response would train differently.)
+    Loading must never succeed and then compute other logits than transformers. Implemented: the sizes,
+    rms_norm_eps, rope_parameters' rope_theta and mrope_section, tie_word_embeddings. Refused unless they hold
+    the one value implemented: model_type, hidden_act, use_sliding_window / layer_types, attention_dropout,
+    head_dim, rope_type, and the vision tower's out_hidden_size (its embeddings fill hidden_size-wide slots).
+    The rest do not change a forward pass: max_position_embeddings (read only by dynamic rope types, refused),
+    sliding_window and max_window_layers (read only when use_sliding_window is true), initializer_range,
+    use_cache, token ids. (transformers also gives pad_token_id's embedding row no gradient; pads never reach
+    the loss here, so only a pad token sampled inside a response trains differently.)
     """
     text = getattr(hf_config, "text_config", None) or hf_config
     vision = getattr(hf_config, "vision_config", None)
@@ -154,13 +150,10 @@ def rope_index(
     second_per_grid_ts: torch.Tensor | None,
     cfg: TextConfig,
 ) -> torch.Tensor:
-    """3-D M-RoPE position ids (3, L) of one unpadded sequence, exactly as transformers 5.23.
-
-    Text tokens advance (t, h, w) together by one. A video's tokens form a (T, H/m, W/m) grid
-    starting at the current position p: t = p + floor(i * tokens_per_second * second_per_grid),
-    h = p + row, w = p + col; the text after it resumes at p + max(H, W)/m. Generated tokens
-    continue from max(all positions) + 1 (see `next_position`).
-    """
+    """3-D M-RoPE position ids (3, L) of one unpadded sequence, exactly as transformers 5.23. Text tokens
+    advance t, h, w together by one. A video's tokens form a (T, H/m, W/m) grid from the current position p:
+    t = p + floor(i * tokens_per_second * second_per_grid), h = p + row, w = p + col; the text after it
+    resumes at p + max(H, W)/m. Generated tokens continue from max(all positions) + 1 (`next_position`)."""
     ids = input_ids.tolist()
     is_video = [i == cfg.video_token_id for i in ids]
     m = cfg.spatial_merge_size
@@ -333,13 +326,11 @@ class QwenVL(nn.Module):
 
     def encode_video(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
                      max_patches: int = VISION_CHUNK) -> torch.Tensor:
-        """Merged video-token embeddings (N_tokens, hidden) for one or more videos, in order.
-
-        Without grad, more than `max_patches` patches go through the tower in runs of whole temporal
-        groups of at most that many (one group if a group alone is larger): its attention never
-        crosses a temporal group, so the result is the same while the activations are a run's, not
-        an hour-long video's (7B: ~70 KB of fp32 per patch, 1M patches at 3,600 frames).
-        """
+        """Merged video-token embeddings (N_tokens, hidden) for one or more videos, in order. Without grad,
+        more than `max_patches` patches go through the tower in runs of whole temporal groups of at most that
+        many (one group if a group alone is larger): its attention never crosses a temporal group, so the
+        result is the same while the activations are a run's, not an hour-long video's (7B: ~70 KB of fp32 per
+        patch, 1M patches at 3,600 frames)."""
         if self.visual is None:
             raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
         pixels = pixel_values_videos.to(self.device, self.visual.dtype)
@@ -357,12 +348,9 @@ class QwenVL(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None = None,
               video_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with the video slots replaced, in order, by `video_embeds`.
-
-        The slots are `video_mask` when given, else every <|video_pad|> token. Trainers pass the
-        mask of the *prompt's* video tokens: a sampled response may contain the <|video_pad|> id,
-        and there it is text, exactly as the sampler embedded it.
-        """
+        """Token embeddings, the video slots replaced, in order, by `video_embeds`: `video_mask` when given,
+        else every <|video_pad|> token. Trainers pass the mask of the *prompt's* video tokens: a sampled
+        response may hold the <|video_pad|> id, where it is text, as the sampler embedded it."""
         input_ids = input_ids.to(self.device)
         x = self.embed_tokens(input_ids)
         if video_mask is None:
@@ -382,13 +370,10 @@ class QwenVL(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor | None, position_ids: torch.Tensor, attn_fn=sdpa_attention,
                 input_ids: torch.Tensor | None = None, video_embeds: torch.Tensor | None = None,
                 video_mask: torch.Tensor | None = None):
-        """inputs_embeds (B, L, C), position_ids (3, B, L) -> final hidden states (B, L, C).
-
-        Instead of inputs_embeds, `input_ids` (B, L) with the `video_embeds` rows of its video
-        slots (`video_mask`, see `embed`) may be given: the embedding then happens inside the
-        forward, which is what FSDP needs when embed_tokens is sharded (its weights are gathered
-        only here).
-        """
+        """inputs_embeds (B, L, C), position_ids (3, B, L) -> final hidden states (B, L, C). Instead of
+        inputs_embeds, `input_ids` (B, L) with the `video_embeds` rows of its video slots (`video_mask`, see
+        `embed`) may be given: the embedding then happens inside the forward, which is what FSDP needs when
+        embed_tokens is sharded (its weights are gathered only here)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, video_embeds, video_mask)
         cos, sin = mrope_cos_sin(position_ids.to(self.device), self.inv_freq, self.config.mrope_section,
@@ -419,12 +404,9 @@ def prepare_inputs(model: QwenVL, input_ids, pixel_values_videos=None, video_gri
 @torch.no_grad()
 def generate(model: QwenVL, inputs_embeds, position_ids, max_new_tokens: int, temperature: float = 1.0,
              greedy: bool = False, stop_token_ids=(), generator: torch.Generator | None = None):
-    """Naive reference decoding: full recompute of the whole sequence for every new token.
-
-    One sequence: inputs_embeds (1, L, C), position_ids (3, 1, L). Returns (token ids, log-probs
-    of the chosen tokens under the temperature-scaled distribution). Optimised samplers are
-    tested against this; it is deliberately slow and obvious.
-    """
+    """Naive reference decoding: the sequence recomputed for every token, deliberately slow and obvious;
+    optimised samplers are tested against it. One sequence: inputs_embeds (1, L, C), position_ids (3, 1, L).
+    Returns (token ids, log-probs of the tokens under the temperature-scaled distribution)."""
     embeds, positions = inputs_embeds, position_ids
     next_pos = next_position(position_ids)
     tokens, logprobs = [], []
@@ -523,10 +505,8 @@ def hf_state_dict(model: QwenVL, state: dict | None = None) -> dict[str, torch.T
 
 def save_pretrained(model: QwenVL, path, max_shard_bytes: int = 5 * 2**30, state_dict: dict | None = None):
     """Write config.json + safetensors (sharded with an index when large) that transformers loads.
-
-    `state_dict` (our key names) overrides the model's own tensors, e.g. a full state dict
-    gathered from an FSDP-sharded model.
-    """
+    `state_dict` (our key names) overrides the model's own tensors, e.g. a full state dict gathered from an
+    FSDP-sharded model."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in hf_state_dict(model, state_dict).items()}

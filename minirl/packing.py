@@ -1,30 +1,26 @@
-"""The trainers' batches: right-padded (prompt + response) rows, or shared-prefix packing, where a
-group's k responses are trained against one copy of their video prompt.
+"""The trainers' batches: right-padded (prompt + response) rows, or shared-prefix packing, where a group's k
+responses are trained against one copy of their video prompt.
 
-The sampler prefills a prompt once and decodes its n samples against that one KV cache
-(rollout.py). This is the training-side twin: old/ref log-probs and the update run a group as
-one packed sequence
+The sampler prefills a prompt once and decodes its n samples against that one KV cache (rollout.py). This is
+the training-side twin: old/ref log-probs and the update run a group as one packed sequence
 
     [prompt | r_1[:-1] | r_2[:-1] | ... | r_k[:-1]]
 
-with grouped attention: prompt tokens are causal among themselves; each response attends to the
-whole prompt and causally to itself, never to another response. Every token then sees exactly
-the keys it sees in its own unpacked (prompt + response) sequence, at the same positions, so
-log-probs, entropies and gradients equal the unpacked ones (the k responses' gradients accumulate into the
-one prompt computation; "Prefix Grouper", arXiv 2506.05433). The prompt, > 95% of the tokens of a
-long-video group, is computed once instead of k times.
+with grouped attention: prompt tokens are causal among themselves; each response attends to the whole prompt
+and causally to itself, never to another response. Every token then sees exactly the keys it sees in its own
+unpacked (prompt + response) sequence, at the same positions, so log-probs, entropies and gradients equal the
+unpacked ones (the k responses' gradients accumulate into the one prompt computation; "Prefix Grouper",
+arXiv 2506.05433). The prompt, > 95% of the tokens of a long-video group, is computed once instead of k times.
 
 Bookkeeping that makes it exact:
-- A response's last token is never an input (nothing after it is scored), and its first token
-  is scored from the prompt's last hidden state, so the last prompt row is *picked* k times:
-  `pick_rows` lists, for every response token in the unpacked order (group, response, token),
-  the packed row whose next-token distribution scores it. A length-1 response adds no input.
-- Positions: the prompt's own (3-D M-RoPE) positions; response token t sits at
-  max(prompt positions) + 1 + t on all three axes, the sampler's rule
-  (`sequence_positions`).
+- A response's last token is never an input (nothing after it is scored), and its first token is scored from
+  the prompt's last hidden state, so the last prompt row is *picked* k times: `pick_rows` lists, for every
+  response token in the unpacked order (group, response, token), the packed row whose next-token distribution
+  scores it. A length-1 response adds no input.
+- Positions: the prompt's own (3-D M-RoPE) positions, then the sampler's rule (`sequence_positions`).
 - Video slots are the prompt's <|video_pad|> tokens only; the same id in a response is text.
-- Several groups (different videos) pack into one row one after another; a group never sees
-  another. Pads after the last group (Ulysses pads to a multiple of sp) get zero output.
+- Several groups (different videos) pack into one row one after another; a group never sees another. Pads
+  after the last group (Ulysses pads to a multiple of sp) get zero output.
 
 This module is plain torch (no model, no process group), so the layout is testable alone;
 `sp.sp_packed_logprobs` runs it on the model, sequence-parallel.
@@ -73,8 +69,8 @@ class Packed:
     spans: list[Span]
 
     def response_slots(self) -> torch.Tensor:
-        """(B, R) bool, B responses right-padded to the longest: token t of response b exists.
-        Row-major, its set entries are the picks in order."""
+        """(B, R) bool, B responses right-padded to the longest: token t of response b exists. Row-major, its
+        set entries are the picks in order."""
         lengths = torch.tensor(self.lengths)
         return torch.arange(int(lengths.max()))[None] < lengths[:, None]
 
@@ -110,8 +106,8 @@ def pack(groups: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]], vi
 
 
 def response_mask(prompt_len: int, input_lens: list[int], device=None) -> torch.Tensor:
-    """(R, prompt_len + R) bool mask of a group's R response rows over its [prompt | responses]
-    keys: every prompt key, and causally the keys of the row's own response only."""
+    """(R, prompt_len + R) bool mask of a group's R response rows over its [prompt | responses] keys: every
+    prompt key, and causally the keys of the row's own response only."""
     R = sum(input_lens)
     owner = torch.repeat_interleave(torch.arange(len(input_lens), device=device),
                                     torch.tensor(input_lens, device=device))  # (R,) response of each row
@@ -121,15 +117,12 @@ def response_mask(prompt_len: int, input_lens: list[int], device=None) -> torch.
 
 
 def varlen_layout(spans: list[Span], device=None):
-    """The packed row as varlen (flash-attn) sequences: (cu_q, cu_k, kv_index, max_q, max_k).
-
-    Query sequences are the row's own segments in order: each prompt, then each response's input
-    rows. A prompt's keys are itself; a response's keys are [its prompt | itself], gathered from
-    the row by `kv_index` (L_k,). Causal with the bottom-right alignment flash-attn applies when a
-    sequence has more keys than queries (query j sees keys up to j + L_k - L_q) then gives exactly
-    the grouped mask: a response row sees its whole prompt and its own rows up to itself.
-    cu_q / cu_k (S + 1,) int32 are the cumulative lengths.
-    """
+    """The packed row as varlen (flash-attn) sequences: (cu_q, cu_k, kv_index, max_q, max_k). Query sequences
+    are the row's own segments in order: each prompt, then each response's input rows. A prompt's keys are
+    itself; a response's keys are [its prompt | itself], gathered from the row by `kv_index` (L_k,). Causal
+    with the bottom-right alignment flash-attn applies when a sequence has more keys than queries (query j
+    sees keys up to j + L_k - L_q) then gives exactly the grouped mask: a response row sees its whole prompt
+    and its own rows up to itself. cu_q / cu_k (S + 1,) int32 are the cumulative lengths."""
     q_lens, keys = [], []
     for s in spans:
         prompt, cursor = torch.arange(s.start, s.prompt_end), s.prompt_end
@@ -149,20 +142,17 @@ def varlen_layout(spans: list[Span], device=None):
 
 
 def grouped_attention(spans: list[Span], device=None, varlen=None):
-    """An `attn_fn` (q (1, L, Hq, D), k, v (1, L, Hkv, D) -> (1, L, Hq, D)) for a packed row.
+    """An `attn_fn` (q (1, L, Hq, D), k, v (1, L, Hkv, D) -> (1, L, Hq, D)) for a packed row. SDPA (CPU, fp32,
+    and the fallback): per group, two calls: the prompt rows causally over the prompt keys (no mask tensor, so
+    a flash kernel applies on CUDA), and the response rows over the group's contiguous [prompt | responses]
+    keys with `response_mask` (R x (P + R) booleans, built once, reused by every layer; never a P x P mask).
 
-    SDPA (CPU, fp32, and the fallback): per group, two calls: the prompt rows causally over the
-    prompt keys (no mask tensor, so a flash kernel applies on CUDA), and the response rows over
-    the group's contiguous [prompt | responses] keys with `response_mask` (R x (P + R) booleans,
-    built once here and reused by every layer; never a P x P mask).
-
-    Varlen (`varlen` = flash-attn's `flash_attn_varlen_func`, the default on CUDA in fp16/bf16
-    when importable): one kernel call for the whole row over `varlen_layout`, no mask at all. The
-    price: each response's key sequence carries its own copy of the prompt's K/V rows (Hkv heads
-    wide, transient per layer under gradient checkpointing), since a varlen query sequence pairs
-    with exactly one key sequence. `varlen` may be any function of flash-attn's signature (the
-    tests pass a torch reference). Either way rows past the last group (SP padding) output 0.
-    Under Ulysses this runs after the all-to-all on the full packed row, so it is `inner`.
+    Varlen (`varlen` = flash-attn's `flash_attn_varlen_func`, the default on CUDA in fp16/bf16 when
+    importable): one kernel call for the whole row over `varlen_layout`, no mask. The price: each response's
+    key sequence carries its own copy of the prompt's K/V rows (Hkv heads wide, transient per layer under
+    gradient checkpointing), since a varlen query sequence pairs with exactly one key sequence. `varlen` may
+    be any function of flash-attn's signature (the tests pass a torch reference). Either way rows past the
+    last group (SP padding) output 0. Under Ulysses it is `inner`, seeing the full packed row.
     """
     flash = varlen is None and flash_attn_varlen_func is not None and torch.device(device or "cpu").type == "cuda"
     varlen = flash_attn_varlen_func if flash else varlen
@@ -200,13 +190,11 @@ def grouped_attention(spans: list[Span], device=None, varlen=None):
 
 
 def micro_batches(keys: list, size: int, whole_groups: bool = True) -> list[list[int]]:
-    """Positions 0..len(keys)-1 cut, in order, into micro-batches of at most `size` samples.
-
-    keys[i] is sample i's prompt; a prompt's samples are consecutive (a group). With `whole_groups`
-    (the shared prefix) a micro-batch holds whole groups, as many as fit: a packed forward computes
-    each of its groups' prompts once, so a cut inside a group computes that prompt twice. A group
-    larger than `size` is cut into pieces of `size`: the memory cap wins. Without, plain chunks.
-    """
+    """Positions 0..len(keys)-1 cut, in order, into micro-batches of at most `size` samples. keys[i] is sample
+    i's prompt; a prompt's samples are consecutive (a group). With `whole_groups` (the shared prefix) a
+    micro-batch holds whole groups, as many as fit: a packed forward computes each of its groups' prompts
+    once, so a cut inside a group computes that prompt twice. A group larger than `size` is cut into pieces of
+    `size`: the memory cap wins. Without, plain chunks."""
     if not whole_groups:
         return [list(range(i, min(i + size, len(keys)))) for i in range(0, len(keys), size)]
     out, current = [], []
@@ -224,29 +212,23 @@ def micro_batches(keys: list, size: int, whole_groups: bool = True) -> list[list
 
 
 def sequence_positions(prompt_positions: torch.Tensor, response_len: int) -> torch.Tensor:
-    """(3, Lp + R) M-RoPE positions of prompt + response, exactly as the sampler assigns them.
-
-    The prompt's 3-D positions (3, Lp) come from its video grid (`minirl.model.rope_index`);
-    response token t sits at max(prompt positions) + 1 + t on all three axes (transformers'
-    rope_deltas rule for generated tokens). Recomputing the response's positions from the full
-    sequence would put them elsewhere whenever a video's time axis outruns its height/width, so
-    the trainers never do.
-    """
+    """(3, Lp + R) M-RoPE positions of prompt + response, exactly as the sampler assigns them. The prompt's
+    3-D positions (3, Lp) come from its video grid (`minirl.model.rope_index`); response token t sits at
+    max(prompt positions) + 1 + t on all three axes (transformers' rope_deltas rule for generated tokens).
+    Recomputing the response's positions from the full sequence would put them elsewhere whenever a video's
+    time axis outruns its height/width, so the trainers never do."""
     response = (next_position(prompt_positions) + torch.arange(response_len)).expand(3, -1)  # (3, R)
     return torch.cat([prompt_positions, response], dim=1)
 
 
 def build_micro_batch(model, prompts: list[torch.Tensor], prompt_positions: list[torch.Tensor],
                       responses: list[torch.Tensor], video_embeds: list[torch.Tensor]) -> dict:
-    """A right-padded micro-batch of (prompt + response) sequences for `sp.sp_token_logprobs`.
-
-    Returns input_ids (B, L), video_embeds (N, C), video_mask (B, L), positions (3, B, L) and
-    targets (B, L): at position i the token i + 1 when it is a response token, else IGNORE_INDEX.
-    Sequence b carries *its own* video (video_embeds[b], keyed to its prompt), concatenated in
-    batch order, which is the order the video slots are filled: frames can never land in another
-    sample. Only the prompt's <|video_pad|> tokens are slots; the same id inside a sampled
-    response is text, as it was for the sampler.
-    """
+    """A right-padded micro-batch of (prompt + response) sequences for `sp.sp_token_logprobs`. Returns
+    input_ids (B, L), video_embeds (N, C), video_mask (B, L), positions (3, B, L) and targets (B, L): at
+    position i the token i + 1 when it is a response token, else IGNORE_INDEX. Sequence b carries *its own*
+    video (video_embeds[b], keyed to its prompt), concatenated in batch order, which is the order the video
+    slots are filled: frames can never land in another sample. Only the prompt's <|video_pad|> tokens are
+    slots; the same id inside a sampled response is text, as it was for the sampler."""
     sequences = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
     L = max(len(s) for s in sequences)
     pad_id = model.config.pad_token_id or 0
@@ -265,14 +247,10 @@ def build_micro_batch(model, prompts: list[torch.Tensor], prompt_positions: list
 
 def build_packed_batch(model, prompts: list[torch.Tensor], prompt_positions: list[torch.Tensor],
                        responses: list[list[torch.Tensor]], video_embeds: list[torch.Tensor]) -> dict:
-    """`build_micro_batch` with each prompt's samples packed into one row with it (one group per
-    prompt, `pack`), for `sp.sp_packed_logprobs`.
-
-    Returns packed (a `Packed`), video_embeds (N, C) (each group's own video, once, in group
-    order) and targets (B, R): the B responses in order, right-padded with IGNORE_INDEX, laid out
-    like the log-probs that sp_packed_logprobs returns. Response positions follow the sampler's
-    rule inside `pack`.
-    """
+    """`build_micro_batch` with each prompt's samples packed into one row with it (one group per prompt,
+    `pack`), for `sp.sp_packed_logprobs`. Returns packed (a `Packed`), video_embeds (N, C) (each group's own
+    video, once, in group order) and targets (B, R): the B responses in order, right-padded with IGNORE_INDEX,
+    laid out like sp_packed_logprobs' log-probs; `pack` gives the responses the sampler's positions."""
     packed = pack(list(zip(prompts, prompt_positions, responses, strict=True)), model.config.video_token_id)
     slots = packed.response_slots()  # (B, R)
     targets = torch.full(slots.shape, IGNORE_INDEX, dtype=torch.long).masked_scatter(slots, packed.targets)

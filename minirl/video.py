@@ -1,27 +1,24 @@
 """Video decoding, frame sampling and the Qwen2.5-VL video processor.
 
-The pipeline for one video is: `probe` (metadata only) -> `sample_indices` (which frames) ->
-`read_video` (decord decodes exactly those frames) -> `process_video` (the checkpoint's
-transformers video processor resizes, normalises and patchifies them). `count_video_tokens` runs
-the first two steps plus the resize arithmetic without decoding anything, so data loading can
-fit a prompt into its token budget before paying for the decode.
+The pipeline for one video: `probe` (metadata only) -> `sample_indices` (which frames) -> `read_video` (decord
+decodes just those frames) -> `process_video` (the checkpoint's transformers video processor resizes,
+normalises and patchifies them). `count_video_tokens` runs the first two steps plus the resize arithmetic
+without decoding, so data loading can fit a prompt into its token budget before paying for the decode.
 
-Why we decode ourselves: transformers 5.23 decodes video *files* only through torchcodec, which
-we do not depend on, so we hand the video processor already-decoded frames with
-`do_sample_frames=False`.
+Why we decode ourselves: transformers 5.23 decodes video *files* only through torchcodec, which we do not
+depend on, so we hand the video processor already-decoded frames with `do_sample_frames=False`.
 
 Policies, stated once:
-- Uniform sampling is *centered*: frame i of n covers the i-th of n equal spans of the video and
-  we take the frame in the middle of its span, `floor((i + 0.5) * total / n)`. Every part of the
-  video is equally represented and n == total gives every frame exactly once.
-- The frame count is rounded *down* to a multiple of the temporal patch size (2), so the
-  temporal patches are made of real, distinct frames; the minimum is 2 (a one-frame video has
-  its frame repeated). More frames than the video has are never invented: n is capped at the
-  frame count first.
-- The per-frame pixel budget is Qwen's smart_resize: both sides multiples of 28 (patch 14 x
-  merge 2), aspect ratio kept, min_pixels <= H*W <= max_pixels (None = the processor's own
-  `size`). The processor's *total*-video pixel cap (`cap_pixels_per_frame`) is turned off: the
-  total is ours to budget, by frame count (see `minirl.data`).
+- Uniform sampling is *centered*: frame i of n covers the i-th of n equal spans of the video and we take the
+  frame in the middle of its span, `floor((i + 0.5) * total / n)`. Every part of the video is equally
+  represented and n == total gives every frame exactly once.
+- The frame count is rounded *down* to a multiple of the temporal patch size (2), so the temporal patches are
+  made of real, distinct frames; the minimum is 2 (a one-frame video has its frame repeated). More frames than
+  the video has are never invented: n is capped at the frame count first.
+- The per-frame pixel budget is Qwen's smart_resize: both sides multiples of 28 (patch 14 x merge 2), aspect
+  ratio kept, min_pixels <= H*W <= max_pixels (None = the processor's own `size`). The processor's
+  *total*-video pixel cap (`cap_pixels_per_frame`) is turned off: the total is ours to budget, by frame count
+  (see `minirl.data`).
 - A file that cannot be decoded raises `VideoError` naming it. Nothing is ever substituted.
 """
 
@@ -38,10 +35,8 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 
 class VideoError(OSError):
-    """A video file that cannot be used: missing, empty, truncated or not a video.
-
-    An OSError, like PIL's UnidentifiedImageError: callers that skip unreadable files catch both.
-    """
+    """A video file that cannot be used: missing, empty, truncated or not a video. An OSError, like PIL's
+    UnidentifiedImageError: callers that skip unreadable files catch both."""
 
     def __init__(self, path, reason: str):
         self.path = str(path)
@@ -66,11 +61,9 @@ class VideoMeta:
 
 @dataclass(frozen=True)
 class FrameSampling:
-    """How frames are taken from a video and how many pixels each may keep.
-
-    Exactly one of `num_frames` (uniform over the whole video) and `fps` (frames per second of
-    video, at most `max_frames`, still spread uniformly) is set.
-    """
+    """How frames are taken from a video and how many pixels each may keep. Exactly one of `num_frames`
+    (uniform over the whole video) and `fps` (frames per second of video, at most `max_frames`, still spread
+    uniformly) is set."""
 
     num_frames: int | None = 16
     fps: float | None = None
@@ -156,9 +149,8 @@ def sample_indices(meta: VideoMeta, sampling: FrameSampling, temporal_patch_size
 
 def read_video(path, sampling: FrameSampling, temporal_patch_size: int = 2,
                meta: VideoMeta | None = None) -> DecodedVideo:
-    """Decode the frames `sampling` picks, or raise `VideoError` naming the file.
-
-    meta: the file's `probe` when the caller already has it (its stream header is not read again)."""
+    """Decode the frames `sampling` picks, or raise `VideoError` naming the file. meta: the file's `probe`
+    when the caller already has it (its stream header is not read again)."""
     reader = _open(path)
     meta = meta or _meta(path, reader)
     indices = sample_indices(meta, sampling, temporal_patch_size)
@@ -177,11 +169,11 @@ def read_video(path, sampling: FrameSampling, temporal_patch_size: int = 2,
 class FrameCache:
     """The decoded frames of videos read before, up to `max_mb` MB, least recently used out first.
 
-    On short clips decoding is most of an SFT step's data time (decord seeks to every sampled
-    frame), and a video's frames for one sampling never change, so every epoch after the first can
-    reuse them: the synthetic benchmark's 32 frames of 56x56 are 0.3 MB a video. Off (0 MB) by
-    default: one hour-long video at 448 px is over 600 MB. Every file's `probe` is kept too (a few
-    bytes; opening the file for it cost 3 ms an item, a tenth of a cached SFT step).
+    On short clips decoding is most of an SFT step's data time (decord seeks to every sampled frame), and a
+    video's frames for one sampling never change, so every epoch after the first can reuse them: the synthetic
+    benchmark's 32 frames of 56x56 are 0.3 MB a video. Off (0 MB) by default: one hour-long video at 448 px is
+    over 600 MB. Every file's `probe` is kept too (a few bytes; opening the file for it cost 3 ms an item, a
+    tenth of a cached SFT step).
     """
 
     def __init__(self, max_mb: float):
@@ -236,10 +228,8 @@ def frame_size(height: int, width: int, processor, min_pixels: int | None = None
 
 def video_tokens(num_frames: int, height: int, width: int, processor, min_pixels: int | None = None,
                  max_pixels: int | None = None) -> int:
-    """LLM tokens for `num_frames` frames of height x width: (T/2) * (H/28) * (W/28) after resize.
-
-    An odd T is padded by the processor with a copy of the last frame, hence the ceil.
-    """
+    """LLM tokens for `num_frames` frames of height x width: (T/2) * (H/28) * (W/28) after resize. An odd T is
+    padded by the processor with a copy of the last frame, hence the ceil."""
     vp = _video_processor(processor)
     h, w = frame_size(height, width, vp, min_pixels, max_pixels)
     groups = -(-num_frames // vp.temporal_patch_size)
@@ -261,17 +251,16 @@ def process_video(processor, frames: np.ndarray, sampled_fps: float, min_pixels:
                   max_pixels: int | None = None, frames_per_call: int = FRAMES_PER_CALL) -> dict:
     """Run the checkpoint's video processor on decoded frames.
 
-    frames: (T, H, W, 3) uint8. Returns `pixel_values_videos` (N, 3*2*14*14) float32 with N =
-    T/2 * H'/14 * W'/14 patches, `video_grid_thw` (1, 3) int64 and `second_per_grid_ts` (1,)
-    float32 = temporal_patch_size / sampled_fps, the seconds one temporal patch spans, which
-    Qwen2.5-VL's M-RoPE uses to place video tokens in absolute time.
+    frames: (T, H, W, 3) uint8. Returns `pixel_values_videos` (N, 3*2*14*14) float32 with
+    N = T/2 * H'/14 * W'/14 patches, `video_grid_thw` (1, 3) int64 and `second_per_grid_ts` (1,)
+    float32 = temporal_patch_size / sampled_fps, the seconds one temporal patch spans, which Qwen2.5-VL's
+    M-RoPE uses to place video tokens in absolute time.
 
-    The processor makes several float copies of what it is given (resized, rescaled and
-    normalised, patched): at 2,048 frames that transient is the peak of an RL step (the research
-    log's phase-peak study). So it runs on `frames_per_call` frames at a time (whole temporal
-    patches) and each call's rows are copied into the one output: the result is the same (every
-    step is per frame or per temporal patch, and rows are temporal-patch-major), the transient a
-    call's.
+    The processor makes several float copies of what it is given (resized, rescaled and normalised, patched):
+    at 2,048 frames that transient is the peak of an RL step (the research log's phase-peak study). So it runs
+    on `frames_per_call` frames at a time (whole temporal patches) and each call's rows are copied into the
+    one output: the result is the same (every step is per frame or per temporal patch, and rows are
+    temporal-patch-major), the transient a call's.
     """
     vp = _video_processor(processor)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
