@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from evaluation import evaluate_run
-from minirl import config as C
+from minirl import config
 from minirl.data import IGNORE_INDEX, global_indices, rl_example
 from minirl.distributed import all_gather_objects, all_reduce_sum, backward, count_skipped, optimizer_step, sync_weights
 from minirl.loss import compute_advantages, grpo_loss
@@ -86,25 +86,25 @@ class AlgoConfig:
     format_weight: float = 0.1
 
 
-def rl_optim() -> C.OptimConfig:
+def rl_optim() -> config.OptimConfig:
     """RL's optimizer defaults. batch_size: prompts per step, whole world (each yields rollout.n sequences);
     micro_batch_size: samples per forward, per SP group; with mrsp.shared_prefix whole groups of
     k = n / mini_batches samples, as many as fit (minirl.packing.micro_batches): 8 fits the default group,
     one prompt computation per group."""
-    return C.OptimConfig(steps=50, batch_size=8, micro_batch_size=8, lr=1e-5, warmup_steps=0)
+    return config.OptimConfig(steps=50, batch_size=8, micro_batch_size=8, lr=1e-5, warmup_steps=0)
 
 
 @dataclasses.dataclass
 class RLConfig:
-    model: C.ModelConfig = dataclasses.field(default_factory=C.ModelConfig)
-    data: C.DataConfig = dataclasses.field(default_factory=C.DataConfig)
+    model: config.ModelConfig = dataclasses.field(default_factory=config.ModelConfig)
+    data: config.DataConfig = dataclasses.field(default_factory=config.DataConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
-    optim: C.OptimConfig = dataclasses.field(default_factory=rl_optim)
-    parallel: C.ParallelConfig = dataclasses.field(default_factory=C.ParallelConfig)
-    mrsp: C.MRSPConfig = dataclasses.field(default_factory=C.MRSPConfig)
-    eval: C.EvalConfig = dataclasses.field(default_factory=C.EvalConfig)
-    run: C.RunConfig = dataclasses.field(default_factory=lambda: C.RunConfig(out="runs/rl"))
+    optim: config.OptimConfig = dataclasses.field(default_factory=rl_optim)
+    parallel: config.ParallelConfig = dataclasses.field(default_factory=config.ParallelConfig)
+    mrsp: config.MRSPConfig = dataclasses.field(default_factory=config.MRSPConfig)
+    eval: config.EvalConfig = dataclasses.field(default_factory=config.EvalConfig)
+    run: config.RunConfig = dataclasses.field(default_factory=lambda: config.RunConfig(out="runs/rl"))
 
 
 @dataclasses.dataclass
@@ -476,7 +476,7 @@ PRINTED = ["reward/overall", "reward/accuracy", "reward/format", "actor/pg_loss"
 
 
 def main(argv):
-    cfg = C.parse(RLConfig, argv)
+    cfg = config.parse(RLConfig, argv)
     trainer = Trainer(cfg)
     run = trainer.run
     bar = tqdm(total=cfg.optim.steps, initial=trainer.step_num, desc="rl", disable=trainer.rank != 0)

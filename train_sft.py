@@ -18,7 +18,7 @@ import sys
 from tqdm import tqdm
 
 from evaluation import evaluate_run
-from minirl import config as C
+from minirl import config
 from minirl.data import IGNORE_INDEX, global_indices, sft_example, split_sft_item
 from minirl.distributed import all_reduce_sum, backward, count_skipped, optimizer_step
 from minirl.model import rope_index
@@ -30,16 +30,16 @@ from sp import encode_videos, sp_token_logprobs
 
 @dataclasses.dataclass
 class SFTConfig:
-    model: C.ModelConfig = dataclasses.field(default_factory=C.ModelConfig)
-    data: C.DataConfig = dataclasses.field(default_factory=C.DataConfig)
-    optim: C.OptimConfig = dataclasses.field(default_factory=C.OptimConfig)
-    parallel: C.ParallelConfig = dataclasses.field(default_factory=C.ParallelConfig)
-    eval: C.EvalConfig = dataclasses.field(default_factory=C.EvalConfig)
-    run: C.RunConfig = dataclasses.field(default_factory=lambda: C.RunConfig(out="runs/sft"))
+    model: config.ModelConfig = dataclasses.field(default_factory=config.ModelConfig)
+    data: config.DataConfig = dataclasses.field(default_factory=config.DataConfig)
+    optim: config.OptimConfig = dataclasses.field(default_factory=config.OptimConfig)
+    parallel: config.ParallelConfig = dataclasses.field(default_factory=config.ParallelConfig)
+    eval: config.EvalConfig = dataclasses.field(default_factory=config.EvalConfig)
+    run: config.RunConfig = dataclasses.field(default_factory=lambda: config.RunConfig(out="runs/sft"))
 
 
 def main(argv):
-    cfg = C.parse(SFTConfig, argv)
+    cfg = config.parse(SFTConfig, argv)
     run = start_run(cfg)
     dp, dp_rank = run.mesh["dp"].size(), run.mesh["dp"].get_local_rank()
     if cfg.optim.batch_size % dp:

@@ -33,8 +33,7 @@ from transformers import AutoConfig
 
 from bench.common import PeakMemory, free_port, join_world, longest_within, worker_threads, write_json
 from bench.naive import NaiveTrainer
-from minirl import config as C
-from minirl import synth
+from minirl import config, synth
 from minirl.data import rl_example
 from minirl.tiny import build_tiny_model
 from train_rl import RLConfig, Trainer
@@ -70,7 +69,7 @@ def qwen25_vl_7b_config():
                            in_channels=3, patch_size=14, temporal_patch_size=2, spatial_merge_size=2))
 
 
-def video_token_flops(config, context: int = 0) -> tuple[float, float]:
+def video_token_flops(hf_config, context: int = 0) -> tuple[float, float]:
     """(vision tower, decoder) matmul FLOPs (2 per multiply-add) per merged video token of a Qwen2.5-VL config.
 
     Vision: the spatial_merge_size**2 patches (temporal_patch_size frames of patch_size**2 pixels each) merged
@@ -82,7 +81,7 @@ def video_token_flops(config, context: int = 0) -> tuple[float, float]:
     decoder figure includes them for a causal sequence of `context` tokens: 2 * context * q_dim per layer
     per token on average.
     """
-    v, t = config.vision_config, config.text_config
+    v, t = hf_config.vision_config, hf_config.text_config
     patch = v.in_channels * v.temporal_patch_size * v.patch_size**2  # pixels in one patch
     block = 4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size  # qkv + proj, gate + up + down
     merged = v.hidden_size * v.spatial_merge_size**2
@@ -176,7 +175,7 @@ def _mrsp_worker(rank, world, port, variant, argv, steps, log_path, out_path, th
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
     trainer_class, _ = MRSP_VARIANTS[variant]
-    trainer = trainer_class(C.parse(RLConfig, argv))
+    trainer = trainer_class(config.parse(RLConfig, argv))
     clock = _VisionClock([trainer.model, trainer.rollout_model, trainer.ref_model])
     trainer.step()  # warm-up: allocator, thread pools, the optimizer's state
     rows = []

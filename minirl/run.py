@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import AutoProcessor
 
-from minirl import config as C
+from minirl import config
 from minirl.data import frame_sampling, load_dataset
 from minirl.distributed import all_gather_objects, init_distributed, shard_model, validate_layout
 from minirl.model import QwenVL, load_model, save_pretrained
@@ -129,7 +129,7 @@ def start_run(cfg, reference: bool = False) -> Run:
     out = Path(cfg.run.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        print(C.describe(cfg), file=sys.stderr)
+        print(config.describe(cfg), file=sys.stderr)
     torch.manual_seed(cfg.run.seed)
 
     dtype = compute_dtype(cfg.model.dtype, device)

@@ -20,12 +20,12 @@ def _rollouts(rank, model_dir, data_dir, out_file):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         os.environ.pop(key, None)
     from bench.naive import NaiveTrainer
-    from minirl import config as C
+    from minirl import config
     from minirl.distributed import sync_weights
     from sp import share_prompts
     from train_rl import RLConfig, Trainer
 
-    cfg = C.parse(RLConfig, ["--model.path", model_dir, "--data.train", f"{data_dir}/train.jsonl", "--data.frames",
+    cfg = config.parse(RLConfig, ["--model.path", model_dir, "--data.train", f"{data_dir}/train.jsonl", "--data.frames",
                              "8", "--rollout.n", "3", "--rollout.max_new_tokens", "6", "--optim.batch_size", "2",
                              "--run.out", f"{data_dir}/run", "--run.tensorboard", "false"])
     trainer = NaiveTrainer(cfg)
@@ -66,8 +66,8 @@ def test_7b_flops_per_video_token_by_hand():
 
 
 def test_bench_model_keeps_7b_vision_to_decoder_ratio():
-    config = make_config(make_processor(CORPUS).tokenizer, MRSP_SIZE)
-    vision, decoder = video_token_flops(config)
+    hf_config = make_config(make_processor(CORPUS).tokenizer, MRSP_SIZE)
+    vision, decoder = video_token_flops(hf_config)
     vision_7b, decoder_7b = video_token_flops(qwen25_vl_7b_config())
     assert (vision / decoder) / (vision_7b / decoder_7b) == pytest.approx(1.0, abs=0.10)
 

@@ -73,12 +73,12 @@ def full_state(model) -> dict:
 
 def _rl_worker(rank, world, port, argv, steps, out_file, task, nan_steps):
     _env(rank, world, port)
-    from minirl import config as C
+    from minirl import config
     from train_rl import RLConfig, Trainer
 
     result = {}
     try:
-        trainer = Trainer(C.parse(RLConfig, argv))
+        trainer = Trainer(config.parse(RLConfig, argv))
         if task == "logprobs":
             sync_weights(trainer.rollout_model, trainer.model)
             groups, items, cache, _ = trainer.collect({})
@@ -319,10 +319,10 @@ def test_bad_videos_are_reported_never_substituted(setup, tmp_path):
 
 def _break_then_step(rank, argv, out_file, video_dir):
     _env(0, 1, 0)
-    from minirl import config as C
+    from minirl import config
     from train_rl import RLConfig, Trainer
 
-    trainer = Trainer(C.parse(RLConfig, argv))
+    trainer = Trainer(config.parse(RLConfig, argv))
     for video in Path(video_dir).glob("*.mp4"):  # corrupted while the run is going
         video.write_bytes(video.read_bytes()[:200])
     try:
@@ -399,8 +399,8 @@ def test_rollout_waves_change_nothing_but_memory(setup, tmp_path):
 @pytest.mark.parametrize("key,value", [("optim.micro_batch_size", 0), ("algo.logprob_micro_batch_size", -1)])
 def test_micro_batch_sizes_are_checked_up_front(setup, tmp_path, key, value):
     """A micro-batch size that would silently drop samples is refused before any process group starts."""
-    from minirl import config as C
+    from minirl import config
     from train_rl import RLConfig, Trainer
 
     with pytest.raises(ValueError, match=f"{key}={value}"):
-        Trainer(C.parse(RLConfig, rl_args(setup, tmp_path, **{key: value})))
+        Trainer(config.parse(RLConfig, rl_args(setup, tmp_path, **{key: value})))
