@@ -31,9 +31,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoConfig
 
+from bench import flops
 from bench.common import PeakMemory, free_port, join_world, longest_within, worker_threads, write_json
 from bench.naive import NaiveTrainer
-from minirl import config, synth
+from minirl import config, memplan, synth
 from minirl.data import rl_example
 from minirl.tiny import build_tiny_model
 from train_rl import RLConfig, Trainer
@@ -70,26 +71,11 @@ def qwen25_vl_7b_config():
 
 
 def video_token_flops(hf_config, context: int = 0) -> tuple[float, float]:
-    """(vision tower, decoder) matmul FLOPs (2 per multiply-add) per merged video token of a Qwen2.5-VL config.
-
-    Vision: the spatial_merge_size**2 patches (temporal_patch_size frames of patch_size**2 pixels each) merged
-    into one token each go through the patch embedding and, in every block, the q/k/v/o projections and the
-    SwiGLU MLP; then the merger MLP maps the merged token to the decoder's width. Decoder: per layer, the
-    q/k/v/o projections (GQA) and the SwiGLU MLP. Left out: norms, activations, biases, the LM head (logits
-    are taken at response tokens only), and attention's score and value products (QK^T, AV), which grow
-    with the window (vision) or the sequence (decoder) rather than per token. With `context` > 0 the
-    decoder figure includes them for a causal sequence of `context` tokens: 2 * context * q_dim per layer
-    per token on average.
-    """
-    v, t = hf_config.vision_config, hf_config.text_config
-    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2  # pixels in one patch
-    block = 4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size  # qkv + proj, gate + up + down
-    merged = v.hidden_size * v.spatial_merge_size**2
-    vision = v.spatial_merge_size**2 * (patch * v.hidden_size + v.depth * block) + merged * (merged + v.out_hidden_size)
-    q_dim = t.num_attention_heads * (getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads)
-    kv_dim = t.num_key_value_heads * q_dim // t.num_attention_heads
-    layer = t.hidden_size * (2 * q_dim + 2 * kv_dim) + 3 * t.hidden_size * t.intermediate_size + context * q_dim
-    return 2 * vision, 2 * t.num_hidden_layers * layer
+    """(vision tower, decoder) matmul FLOPs per merged video token of a Qwen2.5-VL config, as bench/flops.py
+    counts them (attention's QK^T and AV left out). With `context` > 0 the decoder figure includes them for a
+    causal sequence of `context` tokens: context / 2 keys per token on average."""
+    shape = memplan.from_config(hf_config.to_dict())
+    return flops.vision_flops(shape, 1), flops.token_flops(shape) + flops.attention_flops(shape, context) // 2
 
 
 class _VisionClock:
@@ -185,7 +171,8 @@ def _mrsp_worker(rank, world, port, variant, argv, steps, log_path, out_path, th
         cpu = time.process_time()
         metrics = trainer.step()
         row = {k.removeprefix("timing_s/"): v for k, v in metrics.items() if k.startswith("timing_s/")}
-        rows.append(dict(row, cpu=time.process_time() - cpu, vision=clock.seconds, vision_calls=clock.calls))
+        rows.append(dict(row, cpu=time.process_time() - cpu, vision=clock.seconds, vision_calls=clock.calls,
+                         response_tokens=metrics["response_length/mean"]))
     dist.barrier()
     with _StepPeak(trainer.run.device) as mem:
         trainer.step()
@@ -349,14 +336,14 @@ def run(args):
     model_dir = build_tiny_model(work / "model", synth.corpus(num_videos=32), size=MRSP_SIZE,
                                  max_pixels=args.frame_size**2)
     ours, qwen7b = AutoConfig.from_pretrained(model_dir), qwen25_vl_7b_config()
-    flops = {"qwen2.5-vl-7b": video_token_flops(qwen7b), "bench": video_token_flops(ours)}
-    ratio = {k: v / lm for k, (v, lm) in flops.items()}
+    per_token = {"qwen2.5-vl-7b": video_token_flops(qwen7b), "bench": video_token_flops(ours)}
+    ratio = {k: v / lm for k, (v, lm) in per_token.items()}
     t, v = ours.text_config, ours.vision_config
     print(f"bench model: decoder hidden {t.hidden_size}, {t.num_hidden_layers} layers, {t.num_attention_heads} / "
           f"{t.num_key_value_heads} KV heads, MLP {t.intermediate_size}; vision tower hidden {v.hidden_size}, depth "
           f"{v.depth}, MLP {v.intermediate_size}")
     print("vision tower / decoder matmul FLOPs per merged video token (attention's QK^T and AV left out):")
-    for key, (vis, lm) in flops.items():
+    for key, (vis, lm) in per_token.items():
         print(f"  {key:<14} vision {vis / 1e6:>9.2f} MFLOP  decoder {lm / 1e6:>10.2f} MFLOP  ratio {ratio[key]:.3f}")
     print(f"  bench / 7B ratio: {ratio['bench'] / ratio['qwen2.5-vl-7b']:.3f}")
     print(f"workload: {args.prompts} prompts x n={args.n} rollouts x {args.new_tokens} new tokens, KL on, "
@@ -411,6 +398,23 @@ def run(args):
         b = r["breakdown_s"]
         print(f"{f:>6} {variant:<9} {r['seconds']:>7.2f} {r['cpu_s']:>7.2f} "
               + " ".join(f"{b.get(p, 0.0):>7.2f}" for p in parts) + f" {b['vision_calls']:>8.0f}")
+
+    # model FLOPs per phase (bench/flops.py) against the matmul peak of this run's 2 single-thread processes
+    peak = 2 * flops.matmul_peak_gflops(threads=1)
+    shape = memplan.load_shape(str(model_dir))
+    print(f"\nGFLOP/s per phase: model FLOPs (bench/flops.py: the same for every variant) / median seconds ('-': the "
+          f"phase's work runs inside others, as (a)'s encode);\n% peak: the step's, of the measured matmul peak of "
+          f"2 single-thread processes, {peak:.1f} GFLOP/s")
+    shown = ["encode", "rollout", "old", "ref", "update", "step"]
+    print(f"{'frames':>6} {'variant':<11} {'GFLOP':>7} " + " ".join(f"{p:>7}" for p in shown) + f" {'% peak':>7}")
+    for (variant, f), r in ok.items():
+        work_per_prompt = (r["prompt_tokens"], r["video_tokens"], [round(r["breakdown_s"]["response_tokens"])] * args.n)
+        phase = flops.step_flops(shape, [work_per_prompt] * args.prompts, mini_batches=2, kl=True, on_policy=False)
+        table = {t["phase"]: t for t in flops.phase_table(phase, dict(r["breakdown_s"], step=r["seconds"]), peak)}
+        r["flops"] = dict(peak_gflops=peak, phases=list(table.values()))
+        cells = [f"{table[p]['gflops']:.2f}" if table[p]["seconds"] >= 0.01 else "-" for p in shown]
+        print(f"{f:>6} {variant:<11} {table['step']['gflop']:>7.2f} " + " ".join(f"{c:>7}" for c in cells)
+              + f" {100 * table['step']['of_peak']:>6.1f}%")
 
     longest, targets = {}, {}
     if budget is not None:
@@ -469,7 +473,7 @@ def run(args):
                           max_frames=caps, frame_size=args.frame_size, processes=2,
                           threads_per_process=1, timed_steps=args.steps, model_size=MRSP_SIZE,
                           variants={k: " ".join([cls.__name__, *flags]) for k, (cls, flags) in MRSP_VARIANTS.items()}),
-            flops_per_video_token={k: dict(vision=v, decoder=lm, ratio=v / lm) for k, (v, lm) in flops.items()},
+            flops_per_video_token={k: dict(vision=v, decoder=lm, ratio=v / lm) for k, (v, lm) in per_token.items()},
             runs=rows, speedup={k: {str(f): x for f, x in d.items()} for k, d in speedup.items()},
             speedup_cpu={k: {str(f): x for f, x in d.items()} for k, d in speedup_cpu.items()},
             memory=dict(budget_mb=budget, budget=budget_why, longest_within_budget=longest), targets=targets,

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+from bench import flops
 from bench.common import measure, write_json
-from minirl import synth
+from minirl import memplan, synth
 from minirl.data import load_jsonl, rl_example
 from minirl.model import load_model, prepare_inputs
 from minirl.tiny import build_tiny_model
@@ -105,7 +106,14 @@ def _bench_rollout(args, work: Path, device: torch.device):
     for fn in engines.values():  # warm-up (allocator, thread pools, lazy imports): prefill + 2 tokens
         fn(1, 2)
     rows, speedup, speedup_cpu = [], {}, {}
+    shape = memplan.load_shape(str(model_dir))
+    peak = flops.matmul_peak_gflops(torch.get_num_threads()) if device.type == "cpu" else None
     for n in args.n:
+        # model FLOPs of the rollout (bench/flops.py): each video encoded once, each prompt prefilled once, every
+        # sampled token decoded once: the same for both engines, whatever each computes on top
+        phases = flops.step_flops(shape, [(p, v, [args.new_tokens] * n) for p, v in zip(lengths, video_tokens,
+                                                                                         strict=True)])
+        gflop = (phases["encode"] + phases["prefill"] + phases["decode"]) / 1e9
         runs = {engine: [] for engine in engines}  # engine -> [(KV bytes, wall s, CPU s, peak bytes)]
         for _ in range(args.repeats):  # interleaved
             for engine, fn in engines.items():
@@ -115,25 +123,31 @@ def _bench_rollout(args, work: Path, device: torch.device):
             seconds, cpu = statistics.median(r[1] for r in rs), statistics.median(r[2] for r in rs)
             figures[engine] = dict(n=n, engine=engine, median_s=seconds, times_s=[r[1] for r in rs],
                                    median_cpu_s=cpu, tokens_per_s=len(items) * n * args.new_tokens / seconds,
-                                   peak_mem_mb=max(r[3] for r in rs) / 2**20, kv_cache_mb=rs[0][0] / 2**20)
+                                   peak_mem_mb=max(r[3] for r in rs) / 2**20, kv_cache_mb=rs[0][0] / 2**20,
+                                   gflop=gflop, gflops=gflop / seconds,
+                                   of_peak=gflop / seconds / peak if peak else None)
         speedup[str(n)] = figures["transformers"]["median_s"] / figures["minirl"]["median_s"]
         speedup_cpu[str(n)] = figures["transformers"]["median_cpu_s"] / figures["minirl"]["median_cpu_s"]
         rows += [figures["minirl"], figures["transformers"]]
 
     mem = "peak CUDA alloc" if device.type == "cuda" else "peak RSS added"
-    print(f"\n{'n':>3} {'engine':<13} {'time s':>8} {'CPU s':>7} {'tokens/s':>9} {mem + ' MB':>20} "
-          f"{'KV cache MB':>12} {'speedup (CPU)':>15}")
+    print(f"\n{'n':>3} {'engine':<13} {'time s':>8} {'CPU s':>7} {'tokens/s':>9} {'GFLOP/s':>8} {'% peak':>7} "
+          f"{mem + ' MB':>20} {'KV cache MB':>12} {'speedup (CPU)':>15}")
     for r in rows:
         key = str(r["n"])
         ratio = f"{speedup[key]:.1f}x {speedup_cpu[key]:.1f}x" if r["engine"] == "minirl" else ""
+        of_peak = f"{100 * r['of_peak']:.1f}%" if r["of_peak"] is not None else "-"
         print(f"{r['n']:>3} {r['engine']:<13} {r['median_s']:>8.2f} {r['median_cpu_s']:>7.2f} "
-              f"{r['tokens_per_s']:>9.0f} {r['peak_mem_mb']:>20.0f} {r['kv_cache_mb']:>12.1f} {ratio:>15}")
+              f"{r['tokens_per_s']:>9.0f} {r['gflops']:>8.2f} {of_peak:>7} {r['peak_mem_mb']:>20.0f} "
+              f"{r['kv_cache_mb']:>12.1f} {ratio:>15}")
     mem_how = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
                else "resident set size polled every 1 ms, peak minus the level at the start of the run")
     print(f"\ntime: median wall time of {args.repeats} interleaved runs, video encoding + prefill + decode; "
           "CPU s: this process's CPU time, all threads (robust to other processes' load); "
           f"speedup = transformers / minirl; {mem}: {mem_how}; KV cache: ours = the tensors allocated, "
-          "transformers' = its padded, n-times expanded cache.")
+          "transformers' = its padded, n-times expanded cache; GFLOP/s: the rollout's model FLOPs (bench/flops.py, "
+          "the same for both engines) / time; % peak: of a dense fp32 matmul on this process's "
+          f"{torch.get_num_threads()} threads{f', {peak:.1f} GFLOP/s' if peak else ''}.")
     if args.json:
         workload = dict(prompts=len(items), prompt_tokens=lengths, video_tokens=video_tokens,
                         frames=args.frames, frame_size=args.frame_size, new_tokens=args.new_tokens,
