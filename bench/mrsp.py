@@ -392,11 +392,11 @@ def run(args):
     print("\nwhere the time goes (median seconds, slowest rank; CPU: all processes; decode: decord + processor; "
           "encode: stage 1;\nvision: inside the vision tower, any stage; encodes: vision tower calls per process)")
     parts = ["decode", "encode", "vision", "rollout", "old", "ref", "update"]
-    print(f"{'frames':>6} {'variant':<9} {'step':>7} {'CPU':>7} " + " ".join(f"{p:>7}" for p in parts)
+    print(f"{'frames':>6} {'variant':<11} {'step':>7} {'CPU':>7} " + " ".join(f"{p:>7}" for p in parts)
           + f" {'encodes':>8}")
     for (variant, f), r in ok.items():
         b = r["breakdown_s"]
-        print(f"{f:>6} {variant:<9} {r['seconds']:>7.2f} {r['cpu_s']:>7.2f} "
+        print(f"{f:>6} {variant:<11} {r['seconds']:>7.2f} {r['cpu_s']:>7.2f} "
               + " ".join(f"{b.get(p, 0.0):>7.2f}" for p in parts) + f" {b['vision_calls']:>8.0f}")
 
     # model FLOPs per phase (bench/flops.py) against the matmul peak of this run's 2 single-thread processes
