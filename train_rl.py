@@ -80,6 +80,7 @@ class AlgoConfig:
     # the shared prefix, rollout.n packs all of a prompt's samples with one copy of it (veRL: log_prob_micro_batch_size)
     logprob_micro_batch_size: int = 0
     dynamic_sampling: bool = False  # DAPO: drop groups with zero reward variance and refill
+    shuffle_rewards: bool = False  # the random-reward control: advantages from the step's rewards permuted
     max_sampling_tries: int = 4
     reward: str = ""  # path/to/file.py:function, or '' for reward.reward (accuracy and format weights below)
     accuracy_weight: float = 0.9
@@ -313,13 +314,28 @@ class Trainer:
     # ------------------------------------------------------------------ 4-6. advantages, log-probs, update
 
     def advantages(self, groups: list[list[Sequence]]) -> list[Sequence]:
-        """Step 4: group advantages (loss.py) written into the sequences; returned flat, group-major."""
+        """Step 4: group advantages (loss.py) written into the sequences; returned flat, group-major. The
+        random-reward control (`algo.shuffle_rewards`) computes them from `shuffled_rewards` instead: the same
+        rewards landing on responses they say nothing about, so what a run gains over it is what the reward
+        taught, not the format or the update's mere size. The logged rewards stay the real ones."""
         rewards = torch.tensor([[s.reward for s in g] for g in groups])  # (G, n)
+        if self.cfg.algo.shuffle_rewards:
+            rewards = self.shuffled_rewards(groups)
         adv = compute_advantages(rewards, self.cfg.algo.adv_estimator, self.cfg.algo.adv_scale)
         seqs = [s for g in groups for s in g]
         for s, a in zip(seqs, adv.flatten().tolist(), strict=True):
             s.advantage = a
         return seqs
+
+    def shuffled_rewards(self, groups: list[list[Sequence]]) -> torch.Tensor:
+        """This rank's (G, n) rewards after a permutation of every reward of the step, all ranks' samples,
+        seeded by the run seed and the step: one collective, the same permutation under every layout."""
+        local = [(s.key, j, s.reward) for g in groups for j, s in enumerate(g)]
+        every = sorted(entry for part in all_gather_objects(local) for entry in part)  # by (prompt key, sample)
+        order = torch.randperm(len(every), generator=torch.Generator().manual_seed(
+            self.cfg.run.seed * 1_000_003 + self.step_num))
+        landed = {(key, j): every[i][2] for (key, j, _), i in zip(every, order.tolist(), strict=True)}
+        return torch.tensor([[landed[(s.key, j)] for j, s in enumerate(g)] for g in groups])  # (G, n)
 
     def micro_inputs(self, model, seqs: list[Sequence], prompts: dict[int, Prompt], cache,
                      for_update: bool = False) -> dict:

@@ -151,6 +151,20 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def test_random_reward_control_shuffles_the_step_under_every_layout(setup, tmp_path):
+    """--algo.shuffle_rewards: the real run's samples and logged rewards, other advantages (so other weights),
+    and the same weights on 1 and 2 ranks: one seeded permutation of the whole step's rewards."""
+    lr, shuffle = {"optim.lr": 1e-4}, {"algo.shuffle_rewards": "true"}
+    real = run_rl(1, rl_args(setup, tmp_path / "real", **lr), tmp_path)
+    control = run_rl(1, rl_args(setup, tmp_path / "c1", **lr, **shuffle), tmp_path)
+    dp2 = run_rl(2, rl_args(setup, tmp_path / "c2", **lr, **shuffle), tmp_path)
+    for key in ("reward/overall", "reward/std", "reward/accuracy", "response_length/mean"):
+        assert control["metrics"][0][key] == real["metrics"][0][key]
+    assert control["metrics"][0]["advantage/abs_mean"] != real["metrics"][0]["advantage/abs_mean"]
+    assert max_diff(control["state"], real["state"]) > 1e-6
+    assert max_diff(dp2["state"], control["state"]) <= 1e-5
+
+
 def test_rl_step_is_independent_of_the_layout(setup, tmp_path):
     """One step (2 mini-batches, KL on) under dp1xsp1, dp1xsp2 and dp2xsp2: the same weights.
 
