@@ -225,8 +225,7 @@ def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: to
     trained, each rank's vision gradients come from its own frames and the sum over the SP group is the
     one-process gradient. With `share_only`, pixel_values_videos holds this rank's rows only
     (`fetch_video_rows`), not every rank's."""
-    if model.visual is None:
-        raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
+    visual = model.vision_tower()
     P, rank = dist.get_world_size(group), dist.get_rank(group)
     merge = model.config.spatial_merge_size ** 2  # patch rows per video token
     shares = split_temporal_groups(video_grid_thw, P)
@@ -238,7 +237,7 @@ def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: to
     else:
         # An empty share must still join the backward all-to-all, so it takes part in autograd
         # whenever the other ranks' shares do.
-        trains = torch.is_grad_enabled() and any(p.requires_grad for p in model.visual.parameters())
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in visual.parameters())
         local = torch.zeros(0, model.config.hidden_size, device=model.device, dtype=model.dtype,
                             requires_grad=trains)
     return _GatherShares.apply(local, sizes, group)
@@ -290,10 +289,8 @@ def encode_videos(model, grids: list[torch.Tensor], pixels: list[torch.Tensor | 
     the ablation. None: every rank holds every video's pixels. Autograd records the encoding only when grad
     mode is on and the vision tower is trained.
     """
-    if model.visual is None:
-        raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
     grid = torch.cat(grids)  # (videos, 3)
-    P, v = dist.get_world_size(group), model.visual.config
+    P, v = dist.get_world_size(group), model.vision_tower().config
     dim = v.in_channels * v.temporal_patch_size * v.patch_size**2  # pixels per patch row
     if holders is None or P == 1:
         rows = (pixels[0] if len(pixels) == 1 else torch.cat(pixels)).to(model.device)  # (sum rows, D)

@@ -324,6 +324,12 @@ class QwenVL(nn.Module):
     def dtype(self):
         return self.embed_tokens.weight.dtype
 
+    def vision_tower(self):
+        """The vision tower, or a clear error for a text-only checkpoint (no video can be encoded)."""
+        if self.visual is None:
+            raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
+        return self.visual
+
     def encode_video(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
                      max_patches: int = VISION_CHUNK) -> torch.Tensor:
         """Merged video-token embeddings (N_tokens, hidden) for one or more videos, in order. Without grad,
@@ -331,9 +337,7 @@ class QwenVL(nn.Module):
         many (one group if a group alone is larger): its attention never crosses a temporal group, so the
         result is the same while the activations are a run's, not an hour-long video's (7B: ~70 KB of fp32 per
         patch, 1M patches at 3,600 frames)."""
-        if self.visual is None:
-            raise ValueError("this checkpoint has no vision tower (text-only); it cannot encode videos")
-        pixels = pixel_values_videos.to(self.device, self.visual.dtype)
+        pixels = pixel_values_videos.to(self.device, self.vision_tower().dtype)
         if torch.is_grad_enabled() or len(pixels) <= max_patches:
             return self.visual(pixels, grid_thw=video_grid_thw.to(self.device)).pooler_output.to(self.dtype)
         runs, start = [], 0  # (first row, last row, grid of the run)
