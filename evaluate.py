@@ -2,12 +2,13 @@
 
     python evaluate.py --model runs/rl/hf --data data/test.jsonl [--video-dir DIR] [--frames 16] [--n 1]
         [--temperature 0] [--max-new-tokens 512] [--out PRED.jsonl] [--json TABLE.json]
-        [--video-ablation] [--curate KEPT.jsonl]
+        [--video-ablation] [--curate KEPT.jsonl [--curate-ablation]] [--headroom HEADROOM.json]
 
 The scorer is evaluation.py's (the one the trainers use): per category and overall, the number
 of questions, the accuracy and the format accuracy (a response in
 `<think>...</think><answer>...</answer>` form), means over a question's `--n` responses, then
-over the questions. `--temperature 0` (the default) decodes greedily and needs `--n 1`. Below
+over the questions; with `--n` > 1 also pass@n and majority@n, the headroom above the mean sample
+that GRPO can sharpen toward. `--temperature 0` (the default) decodes greedily and needs `--n 1`. Below
 the table, under `lmms_eval`, the metrics lmms-eval's `longvideo_reason` task reports
 (`lmms_metrics`: lenient and strict accuracy, wellformed, format, one per problem type, in
 percent), so a number here can be set beside a published one.
@@ -20,7 +21,13 @@ predictions file is never overwritten: an explicit `--out` that exists is an err
 `--video-ablation` gives each question another question's video: the control that shows a model
 reads the video (its accuracy must fall toward chance). `--curate OUT` (with `--n k` and a
 temperature) writes the questions answered right sometimes but not always, with their pass rate:
-the data filter the paper applies before RL.
+the data filter the paper applies before RL. Among four options a sampler is sometimes right by
+luck, so `--curate-ablation` also decodes every question with the video ablated (the same seeds,
+predictions in `<out stem>.ablated.jsonl`, never overwritten) and keeps only the questions also
+answered right more often with their own video than with another's: the questions where a right
+answer is evidence of reading the video. `--headroom JSON` writes, per category and overall, mean
+sample accuracy, pass@n and majority@n (and, with `--curate-ablation`, the same for the ablated
+video and pass@n real - pass@n ablated: the gain RL can learn from the video).
 """
 
 import argparse
@@ -28,6 +35,7 @@ import dataclasses
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -47,6 +55,7 @@ OFFICIAL_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DO
 BOXED = re.compile(r"\\boxed\{\s*([A-Za-z])\s*\}")
 THINK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.DOTALL)
 LMMS_TYPES = {name: key for key, name in PROBLEM_TYPES.items()}  # "Goal & Purpose" -> "goal"
+HEADROOM_METRICS = ("accuracy", "pass_at_n", "majority_at_n")
 
 
 def official_answer(response: str) -> str:
@@ -112,28 +121,75 @@ def swap_videos(examples: list[Example]) -> list[Example]:
     n = len(examples)
     swapped = [dataclasses.replace(ex, video=examples[(i + n // 2) % n].video) for i, ex in enumerate(examples)]
     if n > 1 and any(a.video == b.video for a, b in zip(examples, swapped, strict=True)):
-        raise ValueError("--video-ablation: some question kept its own video (several questions share a video "
+        raise ValueError("video ablation: some question kept its own video (several questions share a video "
                          "half the set apart); shuffle the jsonl or use another subset")
     return swapped
 
 
-def curate(examples: list[Example], records: list[dict], path) -> int:
-    """Write the rows whose sampled responses were right sometimes but not always, with pass_rate.
+def curate(examples: list[Example], records: list[dict], path, ablated_records: list[dict] | None = None) -> Counter:
+    """Write the rows whose sampled responses were right sometimes but not always, with pass_rate;
+    return how many questions each filter keeps: "diverse", "kept" and, with `ablated_records`,
+    "real_above_ablated".
 
     The paper keeps RL data "with diverse responses": a question always or never answered right
-    gives every sample the same reward, so GRPO's advantage is zero and it teaches nothing. Video
-    paths are written absolute, so the file works from any folder.
+    gives every sample the same reward, so GRPO's advantage is zero and it teaches nothing. With
+    `ablated_records` (the same questions decoded with another question's video), a row is kept
+    only if also right more often with its own video than with the other (real_above_ablated; an
+    error in either decode fails it), and carries ablated_pass_rate: a question answered as well
+    without its video is answered by guessing, and RL on it rewards guessing. Video paths are
+    written absolute, so the file works from any folder.
     """
-    kept = 0
+    counts = Counter()
+    ablated_records = [None] * len(records) if ablated_records is None else ablated_records
     with open(path, "w") as f:
-        for ex, record in zip(examples, records, strict=True):
+        for ex, record, ablated in zip(examples, records, ablated_records, strict=True):
             rate = mean(record["accuracy"])
-            if record["error"] is None and 0 < rate < 1:
-                row = {**ex.row, "videos": [str(Path(ex.video).resolve())], "pass_rate": rate}
-                row.pop("video", None)
+            row = {**ex.row, "videos": [str(Path(ex.video).resolve())], "pass_rate": rate}
+            row.pop("video", None)
+            keep = record["error"] is None and 0 < rate < 1
+            counts["diverse"] += keep
+            if ablated is not None:
+                row["ablated_pass_rate"] = mean(ablated["accuracy"])
+                reads = record["error"] is None and ablated["error"] is None and rate > row["ablated_pass_rate"]
+                counts["real_above_ablated"] += reads
+                keep = keep and reads
+            if keep:
                 f.write(json.dumps(row) + "\n")
-                kept += 1
-    return kept
+                counts["kept"] += 1
+    return counts
+
+
+def headroom(n: int, table: dict, ablated_table: dict | None = None) -> dict:
+    """Where GRPO can gain, per category and overall: it sharpens what the sampler already does, so
+    pass@n and majority@n above the mean sample accuracy bound its gain, and pass@n real - pass@n
+    ablated is the part of that gain that comes from reading the video (with `ablated_table`)."""
+
+    def metrics(row):  # a table in which no question was decoded has no pass@n, majority@n: all score 0
+        return {key: row.get(key, 0.0) for key in HEADROOM_METRICS}
+
+    def entry(real, ablated):
+        out = {"real": metrics(real)}
+        if ablated is not None:
+            out["ablated"] = metrics(ablated)
+            out["pass_at_n_real_minus_ablated"] = out["real"]["pass_at_n"] - out["ablated"]["pass_at_n"]
+        return out
+
+    ablated = ablated_table or {"categories": {}, "overall": None}
+    categories = {c: entry(row, ablated["categories"].get(c)) for c, row in table["categories"].items()}
+    return dict(n=n, categories=categories, overall=entry(table["overall"], ablated["overall"]))
+
+
+def decode(model, processor, examples: list[Example], sampling: FrameSampling, params, args, path: Path) -> list[dict]:
+    """The scored records of `examples`, each written to `path` as it is decoded ("x": fails rather
+    than overwrite, even if the file appeared meanwhile)."""
+    records = []
+    with open(path, "x") as f:
+        for record in predict(model, processor, examples, sampling, args.max_prompt_tokens, params,
+                              args.batch_size, args.prefill_chunk, progress=True):
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            records.append(record)
+    return records
 
 
 def free_path(path: Path) -> Path:
@@ -174,13 +230,27 @@ def main(argv=None):
     parser.add_argument("--curate", default=None, metavar="JSONL",
                         help="write the questions answered right sometimes but not always (0 < pass rate < 1, "
                              "needs --n > 1), each with its pass_rate: the paper's RL data filter")
+    parser.add_argument("--curate-ablation", action="store_true",
+                        help="also decode every question with another question's video (the same seeds) and "
+                             "keep only questions with a pass rate above that one's, each with ablated_pass_rate")
+    parser.add_argument("--headroom", default=None, metavar="JSON",
+                        help="write accuracy, pass@n and majority@n per category (needs --n > 1; with "
+                             "--curate-ablation also the ablated video's and pass@n real - pass@n ablated)")
     args = parser.parse_args(argv)
-    if args.curate and args.n < 2:
-        parser.error("--curate needs --n > 1 sampled responses per question (and a --temperature > 0)")
+    for flag in ("curate", "headroom"):
+        if getattr(args, flag) and args.n < 2:
+            parser.error(f"--{flag} needs --n > 1 sampled responses per question (and a --temperature > 0)")
+    if args.curate_ablation and (not args.curate or args.video_ablation):
+        parser.error("--curate-ablation needs --curate, and decodes the real and the ablated videos itself "
+                     "(without --video-ablation)")
 
     if args.out is not None and Path(args.out).exists():
         parser.error(f"--out {args.out} exists; predictions are never overwritten: choose another name")
     out = Path(args.out) if args.out else free_path(Path(f"{Path(args.data).stem}.predictions.jsonl"))
+    ablated_out = out.with_name(f"{out.stem}.ablated.jsonl")
+    if args.curate_ablation and ablated_out.exists():
+        parser.error(f"{ablated_out} (the ablated predictions) exists; predictions are never overwritten: "
+                     "choose another --out")
     examples = load_jsonl(args.data, args.video_dir)
     if args.limit:
         examples = examples[:args.limit]
@@ -191,23 +261,31 @@ def main(argv=None):
     params = sampling_params(model, processor, args.max_new_tokens, args.n, args.temperature, args.seed)
     sampling = FrameSampling(num_frames=args.frames, max_pixels=args.max_pixels)
 
-    records = []
-    with open(out, "x") as f:  # "x": fails rather than overwrite, even if the file appeared meanwhile
-        for record in predict(model, processor, examples, sampling, args.max_prompt_tokens, params,
-                              args.batch_size, args.prefill_chunk, progress=True):
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            records.append(record)
+    records = decode(model, processor, examples, sampling, params, args, out)
     table = make_table(records)
     table["lmms_eval"] = lmms_metrics(records)
     print_table(table)
     print(f"predictions: {out}", file=sys.stderr)
+    ablated_records = ablated_table = None
+    if args.curate_ablation:
+        ablated_records = decode(model, processor, swap_videos(examples), sampling, params, args, ablated_out)
+        ablated_table = make_table(ablated_records)
+        print("\nvideo ablated (each question with another question's video, the same seeds):")
+        print_table(ablated_table)
+        print(f"ablated predictions: {ablated_out}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    if args.headroom:
+        Path(args.headroom).write_text(json.dumps(headroom(args.n, table, ablated_table), indent=2) + "\n")
     if args.curate:
-        kept = curate(examples, records, args.curate)
-        print(f"curated: kept {kept} of {len(examples)} questions (0 < pass rate < 1) in {args.curate}",
-              file=sys.stderr)
+        counts = curate(examples, records, args.curate, ablated_records)
+        if ablated_records is None:
+            print(f"curated: kept {counts['kept']} of {len(examples)} questions (0 < pass rate < 1) in {args.curate}",
+                  file=sys.stderr)
+        else:
+            print(f"curated: of {len(examples)} questions, 0 < pass rate < 1 keeps {counts['diverse']}, a pass "
+                  f"rate above the ablated video's keeps {counts['real_above_ablated']}, both keep {counts['kept']}, "
+                  f"written to {args.curate}", file=sys.stderr)
     return table
 
 

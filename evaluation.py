@@ -17,7 +17,7 @@ from tqdm import tqdm
 from minirl.data import Example, PromptTooLong, rl_example
 from minirl.distributed import sync_weights
 from minirl.model import QwenVL, prepare_inputs
-from minirl.reward import accuracy_reward, extract_answer, format_reward
+from minirl.reward import accuracy_reward, extract_answer, format_reward, normalize
 from minirl.video import FrameSampling, VideoError
 from rollout import SamplingParams, sample
 
@@ -90,14 +90,32 @@ def mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def majority_correct(record: dict) -> float:
+    """The grade of the answer most of a question's responses give (0.0 with an error). Answers
+    compare as the reward normalises them, except that one normalising to nothing keeps its lower-cased
+    text (normalising drops articles: option "A" is not an empty answer) and two the reward grades
+    differently never pool ("A B" names no option, "B" does). A tie goes to the earliest response among
+    the tied answers: `max` returns the first maximal vote."""
+    votes = [(normalize(a) or a.strip().lower(), grade)
+             for a, grade in zip(record["answers"], record["accuracy"], strict=True)]
+    return max(votes, key=votes.count)[1] if votes else 0.0
+
+
 def make_table(records: list[dict]) -> dict:
     """{"categories": {name: row}, "overall": row}, row = questions, errors, accuracy, format_accuracy
-    (fractions in [0, 1]; a question scores the mean over its responses, 0 when it has an error)."""
+    (fractions in [0, 1]; a question scores the mean over its responses, 0 when it has an error).
+    With several responses a question, rows also hold the headroom GRPO can sharpen toward: pass_at_n
+    (a question scores 1 if any response is right) and majority_at_n (`majority_correct`)."""
+    sampled = any(len(r["accuracy"]) > 1 for r in records)
 
     def row(rs):
-        return dict(questions=len(rs), errors=sum(r["error"] is not None for r in rs),
-                    accuracy=mean(mean(r["accuracy"]) for r in rs),
-                    format_accuracy=mean(mean(r["format"]) for r in rs))
+        out = dict(questions=len(rs), errors=sum(r["error"] is not None for r in rs),
+                   accuracy=mean(mean(r["accuracy"]) for r in rs),
+                   format_accuracy=mean(mean(r["format"]) for r in rs))
+        if sampled:
+            out.update(pass_at_n=mean(max(r["accuracy"], default=0.0) for r in rs),
+                       majority_at_n=mean(majority_correct(r) for r in rs))
+        return out
 
     by_category: dict[str, list[dict]] = {}
     for r in records:
@@ -106,11 +124,15 @@ def make_table(records: list[dict]) -> dict:
 
 
 def format_table(table: dict) -> str:
-    def line(name, r):
-        return (f"{name:<20} {r['questions']:>9} {r['errors']:>6} {100 * r['accuracy']:>8.1f}% "
-                f"{100 * r['format_accuracy']:>6.1f}%")
+    sampled = "pass_at_n" in table["overall"]
 
-    header = f"{'category':<20} {'questions':>9} {'errors':>6} {'accuracy':>9} {'format':>7}"
+    def line(name, r):
+        text = (f"{name:<20} {r['questions']:>9} {r['errors']:>6} {100 * r['accuracy']:>8.1f}% "
+                f"{100 * r['format_accuracy']:>6.1f}%")
+        return text + (f" {100 * r['pass_at_n']:>7.1f}% {100 * r['majority_at_n']:>10.1f}%" if sampled else "")
+
+    header = (f"{'category':<20} {'questions':>9} {'errors':>6} {'accuracy':>9} {'format':>7}"
+              + (f" {'pass@n':>8} {'majority@n':>11}" if sampled else ""))
     rows = [line(name, r) for name, r in table["categories"].items()]
     lines = [header, *rows, "-" * len(header), line("Overall", table["overall"])]
     if "lmms_eval" in table:

@@ -1,6 +1,7 @@
 """evaluate.py and evaluation.py end to end on synthetic questions: table structure, counts, predictions, scoring."""
 
 import json
+from collections import Counter
 
 import pytest
 from transformers import AutoProcessor
@@ -14,7 +15,6 @@ from minirl.reward import accuracy_reward, extract_answer, format_reward
 from minirl.video import FrameSampling
 
 ARGS = ["--frames", "8", "--max-new-tokens", "6", "--batch-size", "3", "--device", "cpu"]
-
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +132,118 @@ def test_video_ablation_gives_every_question_another_video(bench):
 def test_curate_keeps_only_questions_with_diverse_answers(bench, tmp_path):
     examples = load_jsonl(bench)[:4]
     records = [dict(error=None, accuracy=a) for a in ([1, 1], [0, 1], [0, 0], [1, 0, 0, 0])]
-    kept = ev.curate(examples, records, tmp_path / "kept.jsonl")
+    counts = ev.curate(examples, records, tmp_path / "kept.jsonl")
     rows = [json.loads(x) for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
-    assert kept == 2 and [r["id"] for r in rows] == [examples[1].id, examples[3].id]
+    assert counts == Counter(diverse=2, kept=2) and "real_above_ablated" not in counts
+    assert [r["id"] for r in rows] == [examples[1].id, examples[3].id]
     assert [r["pass_rate"] for r in rows] == [0.5, 0.25]
     assert load_jsonl(tmp_path / "kept.jsonl")[0].video == examples[1].video  # absolute paths resolve anywhere
+
+
+def scored(category, answers, accuracy, error=None):
+    """A prediction record as `evaluation.predict` writes it, with only what the table reads."""
+    return dict(category=category, error=error, answers=answers, accuracy=accuracy, format=[0.0] * len(accuracy))
+
+
+def test_pass_and_majority_at_n_by_hand():
+    records = [
+        scored("Temporal", ["B", "C", "B", "A"], [1, 0, 1, 0]),  # B has most votes: right
+        scored("Temporal", ["C", "B", "C", "B"], [0, 1, 0, 1]),  # tie: C answered first, wrong
+        scored("Spatial", ["C", "b.", "(B)", "C", "B"], [0, 1, 1, 0, 1]),  # "b." and "(B)" are "B": 3 votes
+        scored("Spatial", ["", "B", "A", "B", "A"], [0, 1, 0, 1, 0]),  # "A" (an article) never pools with ""
+        scored("Spatial", [], [], error="missing.mp4"),  # an error scores 0 in both
+    ]
+    assert [evaluation.majority_correct(r) for r in records] == [1, 0, 1, 1, 0]
+    # "A B" names no option and "B" does, though both normalise to "b": B (2 votes) ties C, and comes first
+    assert evaluation.majority_correct(scored("x", ["A B", "B", "C", "C", "B"], [0, 1, 0, 0, 1])) == 1
+
+    table = evaluation.make_table(records)
+    temporal, spatial, overall = table["categories"]["Temporal"], table["categories"]["Spatial"], table["overall"]
+    assert (temporal["accuracy"], temporal["pass_at_n"], temporal["majority_at_n"]) == (0.5, 1.0, 0.5)
+    assert spatial["pass_at_n"] == spatial["majority_at_n"] == pytest.approx(2 / 3)
+    assert (overall["pass_at_n"], overall["majority_at_n"]) == (0.8, 0.6)
+    assert spatial["accuracy"] == pytest.approx((0.6 + 0.4 + 0) / 3)
+
+    lines = evaluation.format_table(table).splitlines()
+    assert lines[0].split() == ["category", "questions", "errors", "accuracy", "format", "pass@n", "majority@n"]
+    assert lines[-1].split()[-2:] == ["80.0%", "60.0%"] and len(lines[-1]) == len(lines[0])
+
+
+def test_one_response_table_is_unchanged():
+    """n = 1 tables keep their keys and their printed text (the demo's summary.json reads them)."""
+    records = [scored("Temporal", ["B"], [1.0]), scored("Temporal", ["C"], [0.0]), scored("Spatial", ["A"], [1.0]),
+               scored(None, [], [], error="missing.mp4")]
+    records[0]["format"] = records[1]["format"] = [1.0]
+    table = evaluation.make_table(records)
+    assert all(set(row) == {"questions", "errors", "accuracy", "format_accuracy"}
+               for row in [*table["categories"].values(), table["overall"]])
+    assert evaluation.format_table(table) == (
+        "category             questions errors  accuracy  format\n"
+        "(none)                       1      1      0.0%    0.0%\n"
+        "Spatial                      1      0    100.0%    0.0%\n"
+        "Temporal                     2      0     50.0%  100.0%\n"
+        "-------------------------------------------------------\n"
+        "Overall                      4      1     50.0%   50.0%")
+
+
+def test_curate_with_ablation_keeps_questions_read_from_the_video(bench, tmp_path):
+    examples = load_jsonl(bench)[:4]
+    records = [dict(error=None, accuracy=a) for a in ([0, 1], [0, 1], [1, 1], [1, 0, 0, 0])]
+    ablated = [dict(error=None, accuracy=a) for a in ([0, 0], [1, 1], [0, 0])] + [dict(error="bad.mp4", accuracy=[])]
+    counts = ev.curate(examples, records, tmp_path / "kept.jsonl", ablated)
+    rows = [json.loads(x) for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    # diverse: 0, 1, 3; real above ablated: 0, 2 (3's ablated decode failed: no evidence); both: 0
+    assert counts == Counter(diverse=3, real_above_ablated=2, kept=1)
+    assert [(r["id"], r["pass_rate"], r["ablated_pass_rate"]) for r in rows] == [(examples[0].id, 0.5, 0.0)]
+
+
+def test_cli_curation_with_ablation_and_headroom(bench, tiny_dir, tmp_path, capsys):
+    pred, kept, headroom_json = tmp_path / "pred.jsonl", tmp_path / "kept.jsonl", tmp_path / "headroom.json"
+    sampled = ["--n", "4", "--temperature", "1.0", "--limit", "4", *ARGS]
+    table = ev.main(["--model", str(tiny_dir), "--data", str(bench), "--out", str(pred), "--curate", str(kept),
+                     "--curate-ablation", "--headroom", str(headroom_json), *sampled])
+    records = [json.loads(x) for x in pred.read_text().splitlines()]
+    ablated = [json.loads(x) for x in (tmp_path / "pred.ablated.jsonl").read_text().splitlines()]
+    examples = load_jsonl(bench)[:4]
+
+    # the ablated decode is the real one's with the videos swapped: the same questions, the same seeds
+    model, processor = load_model(tiny_dir), AutoProcessor.from_pretrained(tiny_dir)
+    params = evaluation.sampling_params(model, processor, max_new_tokens=6, n=4, temperature=1.0)
+    again = evaluation.predict(model, processor, ev.swap_videos(examples), FrameSampling(num_frames=8), 16384, params)
+    assert [r["responses"] for r in again] == [r["responses"] for r in ablated]
+    assert [r["id"] for r in ablated] == [r["id"] for r in records]
+    assert all(a["video"] != r["video"] for a, r in zip(ablated, records, strict=True))
+
+    real_rates = [sum(r["accuracy"]) / 4 for r in records]
+    ablated_rates = [sum(r["accuracy"]) / 4 for r in ablated]
+    diverse = [0 < p < 1 for p in real_rates]
+    reads = [p > q for p, q in zip(real_rates, ablated_rates, strict=True)]
+    rows = [json.loads(x) for x in kept.read_text().splitlines()]
+    expected = [(e.id, p, q) for e, p, q, d, r in zip(examples, real_rates, ablated_rates, diverse, reads, strict=True)
+                if d and r]
+    assert [(r["id"], r["pass_rate"], r["ablated_pass_rate"]) for r in rows] == expected
+    assert (f"0 < pass rate < 1 keeps {sum(diverse)}, a pass rate above the ablated video's keeps {sum(reads)}, "
+            f"both keep {len(expected)}") in capsys.readouterr().err
+
+    headroom = json.loads(headroom_json.read_text())
+    ablated_table = evaluation.make_table(ablated)
+    assert headroom["n"] == 4 and list(headroom["categories"]) == list(table["categories"])
+    for entry, real, control in [(headroom["overall"], table["overall"], ablated_table["overall"]),
+                                 *((headroom["categories"][c], table["categories"][c], ablated_table["categories"][c])
+                                   for c in table["categories"])]:
+        assert entry["real"] == {k: real[k] for k in ("accuracy", "pass_at_n", "majority_at_n")}
+        assert entry["ablated"] == {k: control[k] for k in ("accuracy", "pass_at_n", "majority_at_n")}
+        assert entry["pass_at_n_real_minus_ablated"] == real["pass_at_n"] - control["pass_at_n"]
+    assert table["overall"]["pass_at_n"] == sum(max(r["accuracy"]) for r in records) / 4
+
+    # the ablated predictions are never overwritten either; the new flags refuse what they cannot do
+    (tmp_path / "other.ablated.jsonl").write_text("")
+    with pytest.raises(SystemExit):
+        ev.main(["--model", str(tiny_dir), "--data", str(bench), "--out", str(tmp_path / "other.jsonl"),
+                 "--curate", str(kept), "--curate-ablation", *sampled])
+    assert "other.ablated.jsonl (the ablated predictions) exists" in capsys.readouterr().err
+    assert not (tmp_path / "other.jsonl").exists()
+    for flags in (["--curate-ablation"], ["--headroom", "h.json", "--n", "1"],
+                  ["--curate", "k.jsonl", "--curate-ablation", "--video-ablation"]):
+        with pytest.raises(SystemExit):
+            ev.main(["--model", str(tiny_dir), "--data", str(bench), *flags])
