@@ -152,9 +152,10 @@ def main():
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (pipeline smoke test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of SFT and RL (the benchmark is fixed)")
-    parser.add_argument("--benchmark", choices=("easy", "full"), default="easy",
+    parser.add_argument("--benchmark", choices=("easy", "full", "reasoning"), default="easy",
                         help="easy: one template per category with a fixed option list (synth --easy); full: two "
-                             "templates per category, options shuffled (not learned yet, docs/demo.md)")
+                             "templates per category, options shuffled (not learned yet, docs/demo.md); reasoning: "
+                             "open answers composed from several seen facts (synth --reasoning)")
     parser.add_argument("--base", default=str(BASE), help="the perception base checkpoint to start from")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -167,7 +168,7 @@ def main():
         s = recipe["synth"]
         run([py, "-m", "minirl.synth", "--out", data, "--train", s["train"], "--test", s["test"],
              "--frames", s["frames"], "--size", s["size"], "--per-video", s["per_video"], "--no-timestamps",
-             *(["--easy"] if args.benchmark == "easy" else [])],
+             *({"easy": ["--easy"], "full": [], "reasoning": ["--reasoning"]}[args.benchmark])],
             out / "logs/synth.log")
     base_name = "perception base"
     if not (base / "config.json").exists():

@@ -14,10 +14,12 @@ Questions come in the four LongVideo-Reason-eval categories, all four-option mul
 - Plot & Narrative: how many shapes appeared; the order in which three shapes appeared.
 Categories cycle question by question and each category's answer letters are dealt from
 shuffled blocks of A-D, so both are balanced, not merely random. Every question carries a short
-chain of thought citing the evidence with timestamps, written from the event metadata.
+chain of thought citing the evidence with timestamps, written from the event metadata. --easy asks
+one fact per category among fixed options; --reasoning asks open questions that compose facts
+(minirl/reasoning.py), each category's templates dealt in shuffled blocks.
 
     python -m minirl.synth --out DIR [--train N --test N --frames F --size S --fps R --per-video Q
-                                      --seed S --no-timestamps --easy --captions K --dense]
+                                      --seed S --no-timestamps --easy --reasoning --captions K --dense]
     python -m minirl.oracle DIR/test.jsonl      # what k sampled frames can answer (minirl/oracle.py)
 
 The default (3000 train / 600 test questions, 4 per video, 256 frames of 56x56 at 8 fps, about
@@ -44,6 +46,8 @@ import av
 import numpy as np
 
 from minirl.data import INSTRUCTION, INSTRUCTION_OPEN, SYSTEM_PROMPT
+from minirl.reasoning import TEMPLATES as REASONING_TEMPLATES
+from minirl.reasoning import make_question as reasoning_question
 from minirl.video import uniform_indices
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 90, 230), "yellow": (235, 210, 40)}
@@ -328,6 +332,11 @@ EASY_TEMPLATES = {
 }
 
 
+# The open answers of the reasoning tier: every shape's name, colour, quadrant, and count of shapes besides one.
+ANSWER_SPACES = dict(shape=[f"{c} {s}" for c, s in itertools.product(COLOURS, SHAPES)], colour=list(COLOURS),
+                     place=list(QUADRANTS), count=[str(k) for k in range(EVENTS_PER_VIDEO[1])])
+
+
 def option_text(events: list[dict], kind: str, choice) -> str:
     """How a structured choice reads as an option: an event index, a quadrant, a count or an order."""
     if kind in ("where", "heading", "count", "first_colour"):
@@ -382,18 +391,20 @@ def caption_row(events: list[dict], visible_at: int, num_frames: int) -> dict:
 
 
 def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_video: int, seed: int,
-               timestamps: bool = True, easy: bool = False, captions: int = 0, dense: bool = False):
+               timestamps: bool = True, easy: bool = False, captions: int = 0, dense: bool = False,
+               reasoning: bool = False):
     """(videos, rows): the event scripts and the jsonl rows of one split, no files written.
 
     Question q has category CATEGORIES[q % 4]; each category deals its answer letters from
-    shuffled blocks of A-D. Train and test use different random streams and video folders.
+    shuffled blocks of A-D (reasoning: its templates, from shuffled blocks of all of them).
+    Train and test use different random streams and video folders.
     captions > 0: one caption row per video instead (see `caption`), of what that many
     uniformly sampled frames show, of `dense` videos (see `make_events`) or the benchmark's.
     """
     if num_frames < MIN_VIDEO_FRAMES:
         raise ValueError(f"--frames must be at least {MIN_VIDEO_FRAMES}, got {num_frames}")
     rng = random.Random(f"minirl-synth/{seed}/{split}")
-    letters = {c: [] for c in CATEGORIES}
+    dealt = {c: [] for c in CATEGORIES}
     videos, rows = [], []
     for q in range(num_questions):
         if captions:
@@ -407,10 +418,14 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
             videos.append(make_events(rng, num_frames))
         v = len(videos) - 1
         category = CATEGORIES[q % len(CATEGORIES)]
-        if not letters[category]:
-            letters[category] = rng.sample(range(4), 4)
-        row = make_question(videos[v], category, letters[category].pop(), rng, fps if timestamps else None,
-                            easy)
+        block = len(REASONING_TEMPLATES[category]) if reasoning else 4
+        if not dealt[category]:
+            dealt[category] = rng.sample(range(block), block)
+        if reasoning:
+            row = reasoning_question(videos[v], category, dealt[category].pop(), rng, ANSWER_SPACES)
+        else:
+            row = make_question(videos[v], category, dealt[category].pop(), rng, fps if timestamps else None,
+                                easy)
         row.update(
             videos=[f"videos/{split}/{v:05d}.mp4"], id=f"{split}-{v:05d}-{q % per_video}",
             events=videos[v], num_frames=num_frames, fps=fps,
@@ -421,8 +436,8 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
 
 def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
              per_video: int = 4, seed: int = 0, timestamps: bool = True, easy: bool = False,
-             captions: int = 0, dense: bool = False, workers: int = 1) -> dict:
-    """Write the benchmark to `out`; returns {split: number of rows}.
+             captions: int = 0, dense: bool = False, workers: int = 1, reasoning: bool = False) -> dict:
+    """Write the benchmark to `out`; returns {split: number of rows}. reasoning: the open reasoning tier.
 
     workers > 1 encodes the mp4s in that many processes: the same bytes (every video is its own
     single-threaded encode of a script drawn beforehand), in half the time on 2 cores."""
@@ -430,10 +445,13 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
         # Qwen's processor resizes every frame to multiples of 28 (patch 14 x merge 2); frames that
         # already are pass through unresampled, so blobs stay crisp.
         raise ValueError(f"--size must be a positive multiple of 28, got {size}")
+    if reasoning and (easy or captions):
+        raise ValueError("--reasoning is a tier of its own: drop --easy and --captions")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("test", test)):
-        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy, captions, dense)
+        videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy, captions, dense,
+                                  reasoning)
         jobs = [(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps) for v, events in enumerate(videos)]
         if workers > 1 and len(jobs) > 1:
             with multiprocessing.Pool(workers) as pool:
@@ -506,6 +524,8 @@ def main(argv=None):
                         help="reasoning without timestamps: about half the tokens, learnable by a tiny model")
     parser.add_argument("--easy", action="store_true",
                         help="one template per category with fixed option lists (a tiny-model demo)")
+    parser.add_argument("--reasoning", action="store_true",
+                        help="open questions that compose what was seen (minirl/reasoning.py): a step RL can improve")
     parser.add_argument("--captions", type=int, default=0, metavar="K",
                         help="one dense-caption row per video (what K uniform frames show) instead of questions")
     parser.add_argument("--dense", action="store_true",
@@ -518,7 +538,8 @@ def main(argv=None):
         parser.error("--dense applies to --captions data only")
     start = time.perf_counter()
     counts = generate(args.out, args.train, args.test, args.frames, args.size, args.fps, args.per_video,
-                      args.seed, not args.no_timestamps, args.easy, args.captions, args.dense, args.workers)
+                      args.seed, not args.no_timestamps, args.easy, args.captions, args.dense, args.workers,
+                      args.reasoning)
     print(f"wrote {counts['train']} train / {counts['test']} test questions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s")
 

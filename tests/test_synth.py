@@ -3,6 +3,7 @@
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import decord
 import numpy as np
@@ -225,3 +226,146 @@ def test_dense_videos_have_few_long_events():
         slot = 128 // len(events)
         assert 1 <= len(events) <= 3 and all(e["frames"] >= slot // 2 for e in events)
         assert row["answer"] == str(len(events))  # every long event is seen at 32 frames
+
+
+# ----------------------------------------------------------------------------- the reasoning tier
+
+
+@pytest.fixture(scope="module")
+def open_rows():
+    """Reasoning-tier questions over many seeds: 8 x 400 rows, about 800 videos."""
+    return [row for seed in range(8) for row in synth.make_split("test", 400, 256, 8, 4, seed, reasoning=True)[1]]
+
+
+def neighbour(task):
+    return task["subject"] + (1 if task["side"] == "after" else -1)
+
+
+def test_reasoning_answers_are_unique_and_follow_from_the_events(open_rows):
+    """Recompute every answer from the event script; each question names shapes that occur once."""
+    for row in open_rows:
+        events, task, answer = row["events"], row["task"], row["answer"]
+        assert "options" not in row and row["category"] in synth.CATEGORIES
+        names = [synth.name(e) for e in events]
+        assert len(set(names)) == len(names)
+        movers = [i for i, e in enumerate(events) if e["to"]]
+        kind = task["kind"]
+        if kind == "between_count":
+            i, j = task["subjects"]
+            assert f"between the {names[i]} and the {names[j]}?" in row["problem"] and i != j
+            assert answer == str(abs(i - j) - 1)
+            continue
+        i = task["subject"]
+        if kind.startswith("mover"):
+            assert movers == [i] and "the moving shape?" in row["problem"]
+        else:
+            assert f"the {names[i]}?" in row["problem"]
+        assert f" {task['side']} the " in row["problem"]
+        if kind in ("next_shape", "next_place", "mover_colour"):
+            j = neighbour(task)
+            assert 0 <= j < len(events)
+            expected = {"next_shape": names[j], "next_place": events[j]["pos"], "mover_colour": events[j]["colour"]}
+            assert answer == expected[kind]
+            if kind == "next_place":
+                assert events[j]["to"] is None  # a moving shape is in two quadrants
+        else:
+            assert kind in ("mover_count", "side_count")
+            assert answer == str(i if task["side"] == "before" else len(events) - 1 - i)
+
+
+def test_reasoning_categories_and_templates_are_balanced():
+    rows = synth.make_split("test", 400, 256, 8, 4, seed=0, reasoning=True)[1]
+    assert Counter(r["category"] for r in rows) == {c: 100 for c in synth.CATEGORIES}
+    assert Counter(r["task"]["kind"] for r in rows) == {
+        "next_shape": 100, "next_place": 100, "mover_colour": 50, "mover_count": 50, "side_count": 50,
+        "between_count": 50}
+    assert rows == synth.make_split("test", 400, 256, 8, 4, seed=0, reasoning=True)[1]
+
+
+def test_reasoning_is_graded_right_and_wrong_answers_score_zero(open_rows):
+    """The gold answer and the chain of thought's last words earn the accuracy reward; every other answer of
+    the template's space, and a colour for a shape, earns nothing."""
+    from minirl.reasoning import answer_space
+    from minirl.reward import accuracy_reward
+
+    for row in open_rows[::4]:
+        answer, cot = row["answer"], row["reasoning"]
+        assert cot.startswith("Shapes appear: " + ", ".join(synth.name(e) for e in row["events"]) + ". ")
+        assert cot.endswith(f" So the answer is {answer}.") and cot.count(".") == 3
+        said = cot.removesuffix(".").rsplit("So the answer is ", 1)[1]
+        assert accuracy_reward(f"<think>{cot}</think><answer>{said}</answer>", answer, row) == 1.0
+        space = answer_space(row["task"], row["events"], synth.ANSWER_SPACES)
+        assert answer in space
+        for wrong in space:
+            if wrong != answer:
+                assert accuracy_reward(f"<think>{cot}</think><answer>{wrong}</answer>", answer, row) == 0.0
+    assert accuracy_reward("<answer>blue</answer>", "blue circle", {}) == 0.0
+    assert accuracy_reward("<answer>The top left.</answer>", "top-left", {}) == 1.0
+    assert accuracy_reward("<answer>3.0</answer>", "3", {}) == 1.0
+
+
+def test_reasoning_guess_rates_are_one_over_the_answers_the_generator_gives(open_rows):
+    rates = {"next_shape": 1 / 7, "next_place": 1 / 4, "mover_colour": 1 / 4, "mover_count": 1 / 8,
+             "side_count": 1 / 8, "between_count": 1 / 7}
+    given = {kind: set() for kind in rates}
+    for row in open_rows:
+        assert row["task"]["guess_rate"] == pytest.approx(rates[row["task"]["kind"]])
+        given[row["task"]["kind"]].add(row["answer"])
+    spaces = synth.ANSWER_SPACES
+    assert given == {"next_shape": set(spaces["shape"]), "next_place": set(synth.QUADRANTS),
+                     "mover_colour": set(synth.COLOURS), "mover_count": {str(k) for k in range(8)},
+                     "side_count": {str(k) for k in range(8)}, "between_count": {str(k) for k in range(7)}}
+
+
+def test_reasoning_fits_in_64_new_tokens(open_rows):
+    """The whole SFT target (chain of thought, tags, answer, stop token) in the base model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from minirl.data import build_target
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).parents[1] / "models" / "base")
+    longest = max(open_rows, key=lambda r: len(r["reasoning"]))
+    assert len(longest["events"]) == 8
+    lengths = [len(tokenizer(build_target(r["reasoning"], r["answer"]), add_special_tokens=False)["input_ids"])
+               for r in open_rows]
+    assert max(lengths) <= 64
+
+
+def test_open_oracle_never_rules_out_the_truth_and_is_exact_with_all_frames(open_rows):
+    for row in open_rows[:200]:
+        for k in (2, 8, 32, 64, 128, 256):
+            assert row["answer"] in oracle.open_candidates(row, uniform_indices(256, k)), (row["id"], k)
+        assert oracle.open_candidates(row, np.arange(256)) == [row["answer"]]
+
+
+def test_open_oracle_accuracy_rises_with_frames_from_the_guess_rate(open_rows):
+    rows = open_rows[:800]
+    acc = {k: oracle.oracle_accuracy(rows, k) for k in (8, 32, 64, None)}
+    overall = [acc[k]["overall"] for k in (8, 32, 64, None)]
+    assert overall == sorted(overall) and overall[0] < 0.25 and overall[2] < 0.6
+    assert acc[None] == {c: 1.0 for c in (*synth.CATEGORIES, "overall")}
+    for c in synth.CATEGORIES:
+        guess = np.mean([r["task"]["guess_rate"] for r in rows if r["category"] == c])
+        assert guess <= acc[8][c] < acc[64][c] < 1.0
+
+
+def test_reasoning_cli_report_and_refusals(tmp_path, capsys):
+    from minirl.data import INSTRUCTION_OPEN, build_prompt, load_jsonl
+
+    synth.main(["--out", str(tmp_path), "--train", "4", "--test", "8", "--frames", "64", "--size", "28",
+                "--reasoning", "--workers", "1"])
+    assert "wrote 4 train / 8 test" in capsys.readouterr().out
+    examples = load_jsonl(tmp_path / "test.jsonl")
+    assert all(e.options is None and INSTRUCTION_OPEN in build_prompt(e.problem, e.options) for e in examples)
+    assert len(decord.VideoReader(str(examples[0].video))) == 64
+    oracle.main([str(tmp_path / "test.jsonl")])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:7]] == ["8", "16", "32", "all", "guess"]
+    assert lines[6].split()[1:] == ["14.3%", "25.0%", "18.8%", "13.4%", "17.9%"]  # the mean per category
+    assert lines[8].split()[:3] == ["category", "template", "questions"]
+    assert [line[18:].split()[:3] for line in lines[9:]] == [  # template, questions, guess rate
+        ["next_shape", "2", "14.3%"], ["next_place", "2", "25.0%"], ["mover_colour", "1", "25.0%"],
+        ["mover_count", "1", "12.5%"], ["between_count", "1", "14.3%"], ["side_count", "1", "12.5%"]]
+    for bad in (dict(easy=True), dict(captions=8)):
+        with pytest.raises(ValueError, match="--reasoning"):
+            synth.generate(tmp_path / "bad", train=4, test=4, frames=64, reasoning=True, **bad)
