@@ -16,7 +16,6 @@ Builds its own model and synthetic videos in a temporary directory. `python -m b
 prefix alone (a 1-process RL step with it on and off, and the update's saved activations per group).
 """
 
-import argparse
 import ctypes
 import gc
 import json
@@ -480,14 +479,3 @@ def run(args):
             cache_speedup_from_flops=bound))
     if args.plot:
         _mrsp_plot(args.plot, rows, frames, budget)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench mrsp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser)
-    run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,6 @@ Builds its own tiny model and synthetic videos in a temporary directory, prints 
 --json, writes the same figures as JSON.
 """
 
-import argparse
 import statistics
 import tempfile
 from functools import partial
@@ -155,14 +154,3 @@ def _bench_rollout(args, work: Path, device: torch.device):
                         hidden_size=cfg.hidden_size, device=str(device), threads=torch.get_num_threads(),
                         repeats=args.repeats)
         write_json(args.json, dict(workload=workload, runs=rows, speedup=speedup, speedup_cpu=speedup_cpu))
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench rollout", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser)
-    run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,6 @@ Builds its own model (the bench model of `python -m bench mrsp`) and synthetic v
 directory, prints two tables and, with --json, writes the same figures as JSON.
 """
 
-import argparse
 import statistics
 import tempfile
 from functools import partial
@@ -118,14 +117,3 @@ def run(args):
     if args.json:
         write_json(args.json, dict(workload=dict(vars(args), model_size=MRSP_SIZE, device=str(device)), step=rows,
                                    saved_activations=dict(prompt_tokens=P, response_tokens=R, groups=saved)))
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench shared", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser)
-    run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,6 @@ A random decoder (or --model's), sp processes on gloo launched here; prints a ta
 writes the same figures as JSON.
 """
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -148,14 +147,3 @@ def run(args):
                           heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, vocab=cfg.vocab_size, response=args.response,
                           gradient_checkpointing=args.checkpoint, lengths=args.lengths, sp=args.sp),
             runs=rows, budget_mb=budget, longest_within_budget={str(d): n for d, n in longest.items()}))
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench sp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser)
-    run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()
