@@ -8,7 +8,7 @@ and mini-batch, the update's backward twice its forward; attention as the (query
 keeps (QK^T and AV). A variant that computes more for the same step (the naive baseline re-encodes and
 re-prefills, activation checkpointing recomputes the forward) has the same model FLOPs in more seconds: a
 lower GFLOP/s. Left out: norms, activations, softmax, the vision tower's windowed attention (it grows with
-the window, not with the video). tests/test_bench_mrsp.py holds the projections and the vision tower equal
+the window, not with the video). tests/test_flops.py holds the projections and the vision tower equal
 to torch's FlopCounterMode on a real forward.
 """
 
