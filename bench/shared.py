@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoProcessor
 
+from bench import flops
 from bench.common import write_json
 from bench.mrsp import MRSP_SIZE, run_trainer
 from minirl import memplan, synth
@@ -72,21 +73,31 @@ def run(args):
                                           threads=args.threads))
             assert "error" not in runs[name][-1], runs[name][-1]
     rows = []
+    shape, peak = memplan.load_shape(str(model_dir)), flops.matmul_peak_gflops(args.threads)
     for name, rs in runs.items():
         med = {k: statistics.median(r["breakdown_s"].get(k, 0.0) for r in rs) for k in ("encode", "rollout", "update")}
-        rows.append(dict(config=name, seconds=statistics.median(r["seconds"] for r in rs), **med,
+        # model FLOPs (bench/flops.py): on-policy, KL off, so no old or reference forward
+        response = round(statistics.median(r["breakdown_s"]["response_tokens"] for r in rs))
+        work_per_prompt = (rs[0]["prompt_tokens"], rs[0]["video_tokens"], [response] * args.n)
+        phases = flops.step_flops(shape, [work_per_prompt] * args.prompts)
+        seconds = statistics.median(r["seconds"] for r in rs)
+        rows.append(dict(config=name, seconds=seconds, **med,
                          times_s=[t for r in rs for t in r["times_s"]], prompt_tokens=rs[0]["prompt_tokens"],
-                         video_tokens=rs[0]["video_tokens"]))
+                         video_tokens=rs[0]["video_tokens"], update_gflops=phases["update"] / med["update"] / 1e9,
+                         step_of_peak=sum(phases.values()) / seconds / 1e9 / peak))
     print(f"\n{args.prompts} prompts x {args.n} rollouts x {args.new_tokens} new tokens, {rows[0]['video_tokens']} "
           f"video tokens per prompt ({rows[0]['prompt_tokens']} prompt tokens), 1 process, {args.threads} threads, "
           f"vision tower {'trained' if args.train_vision else 'frozen'}; median of {args.rounds} run(s) x "
           f"{args.steps} steps")
     print(f"{'config':<24} {'s/step':>7} {'update s':>9} {'update share':>13} {'update speedup':>15} "
-          f"{'encode s':>9} {'rollout s':>10}")
+          f"{'encode s':>9} {'rollout s':>10} {'update GFLOP/s':>15} {'step % peak':>12}")
     for row in rows:
         row["update_share"], row["update_speedup"] = row["update"] / row["seconds"], rows[0]["update"] / row["update"]
         print(f"{row['config']:<24} {row['seconds']:>7.2f} {row['update']:>9.2f} {row['update_share']:>12.0%} "
-              f"{row['update_speedup']:>14.2f}x {row['encode']:>9.2f} {row['rollout']:>10.2f}")
+              f"{row['update_speedup']:>14.2f}x {row['encode']:>9.2f} {row['rollout']:>10.2f} "
+              f"{row['update_gflops']:>15.2f} {100 * row['step_of_peak']:>11.1f}%")
+    print(f"(GFLOP/s: model FLOPs, bench/flops.py, over seconds; % peak: of a dense fp32 matmul on {args.threads} "
+          f"thread(s), {peak:.1f} GFLOP/s)")
 
     # saved activations of the update's forward, one group, this process (a world of one)
     _, _, device, mesh = init_distributed(sp=1)

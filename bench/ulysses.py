@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import Qwen2Config
 
+from bench import flops
 from bench.common import free_port, join_world, longest_within, measure, worker_threads, write_json
 from minirl import memplan
 from minirl.data import IGNORE_INDEX
@@ -121,21 +122,34 @@ def run(args):
 
     model = _sp_model(args)
     cfg = model.config
+    # forward + backward (twice the forward) of the sequence, logits at its response rows (bench/flops.py),
+    # against the matmul peak of the run's single-thread processes
+    shape = memplan.Shape(hidden=cfg.hidden_size, ffn=cfg.intermediate_size, layers=cfg.num_layers,
+                          heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, vocab=cfg.vocab_size,
+                          tied=cfg.tie_word_embeddings, v_hidden=0, v_ffn=0, v_depth=0, v_out=0)
+    peak_1 = flops.matmul_peak_gflops(threads=1)
+    for r in rows:
+        length = r["length"]
+        forward = (flops.token_flops(shape) * length + flops.attention_flops(shape, length * (length + 1) // 2)
+                   + flops.logits_flops(shape, args.response))
+        r["gflops"] = 3 * forward / r["seconds"] / 1e9
+        r["of_peak"] = r["gflops"] / (r["sp"] * peak_1)
     print(f"model: {'checkpoint ' + args.model if args.model else 'random'}, hidden {cfg.hidden_size}, "
           f"{cfg.num_layers} layers, {cfg.num_heads} heads / {cfg.num_kv_heads} KV heads, "
           f"vocab {cfg.vocab_size}; "
           f"response {args.response} tokens; gradient checkpointing {'on' if args.checkpoint else 'off'}; "
           f"gloo on CPU, 1 thread per rank")
     print(f"\n{'length':>7} {'sp':>3} {'saved act. MB/rank':>19} {'vs sp=1':>8} {'peak RSS+ MB/rank':>18} "
-          f"{'time s':>7}")
+          f"{'time s':>7} {'GFLOP/s':>8} {'% peak':>7}")
     for r in rows:
         ratio = f"{r['saved_vs_sp1']:.3f}" if r["saved_vs_sp1"] is not None else ""
         print(f"{r['length']:>7} {r['sp']:>3} {r['saved_mb']:>19.1f} {ratio:>8} {r['peak_rss_mb']:>18.1f} "
-              f"{r['seconds']:>7.2f}")
+              f"{r['seconds']:>7.2f} {r['gflops']:>8.2f} {100 * r['of_peak']:>6.1f}%")
     print("\nsaved act.: bytes of the distinct storages autograd keeps for backward (parameters and input "
           "embeddings excluded), worst rank;\npeak RSS+: resident set size polled every 1 ms during "
           "forward + backward, peak minus the level at the start, worst rank; time: forward + backward, "
-          "slowest rank.")
+          f"slowest rank; GFLOP/s: its model FLOPs (bench/flops.py) / time, % of sp x the {peak_1:.1f} GFLOP/s "
+          "matmul peak of one thread.")
     if longest:
         print(f"\nlongest sequence within {budget:.1f} MB of saved activations per rank (linear fit over the "
               "measured lengths):")
