@@ -161,11 +161,7 @@ def share_prompts(local: list, group) -> list:
     me = dist.get_rank(group)
     for prompt in local:
         prompt.holder = me
-    light = [dataclasses.replace(p, pixel_values_videos=None) for p in local]
-    parts = all_gather_objects(light, group)
-    for r, part in enumerate(parts):
-        for p in part:
-            p.holder = r
+    parts = all_gather_objects([dataclasses.replace(p, pixel_values_videos=None) for p in local], group)
     return [p for r, part in enumerate(parts) for p in (local if r == me else part)]
 
 
