@@ -41,6 +41,7 @@ RECIPE = dict(
     eval_max_new_tokens=64,
     base_eval_examples=100,
 )
+REASONING_NEW_TOKENS = 112  # the reasoning tier's chain of thought: a numbered caption of up to 5 events, a derivation
 QUICK = dict(
     synth=dict(train=24, test=8, frames=64, size=56, per_video=4),
     frames=8,
@@ -162,13 +163,17 @@ def main():
     (out / "logs").mkdir(parents=True, exist_ok=True)
     start = time.time()
     recipe = QUICK if args.quick else RECIPE
+    if args.benchmark == "reasoning" and not args.quick:
+        recipe = {**recipe, "eval_max_new_tokens": REASONING_NEW_TOKENS,
+                  "rl": {**recipe["rl"], "max_new_tokens": REASONING_NEW_TOKENS}}
     data, base, py = out / "data", Path(args.base).resolve(), sys.executable
 
     if not (data / "test.jsonl").exists():
         s = recipe["synth"]
         run([py, "-m", "minirl.synth", "--out", data, "--train", s["train"], "--test", s["test"],
              "--frames", s["frames"], "--size", s["size"], "--per-video", s["per_video"], "--no-timestamps",
-             *({"easy": ["--easy"], "full": [], "reasoning": ["--reasoning"]}[args.benchmark])],
+             *({"easy": ["--easy"], "full": [],
+               "reasoning": ["--reasoning", "--seen-at", recipe["frames"]]}[args.benchmark])],
             out / "logs/synth.log")
     base_name = "perception base"
     if not (base / "config.json").exists():

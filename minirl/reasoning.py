@@ -2,8 +2,9 @@
 compose facts a perception model reads reliably.
 
 On the easy tier each question asks for one seen fact among four fixed options: there is no reasoning step for
-RL to improve, and a quarter of guesses are rewarded. Here the videos and what must be perceived are the same
-(which shapes appear, in what order, where, which one moves); what can go wrong is a composition over it:
+RL to improve, and a quarter of guesses are rewarded. Here what must be perceived is what the perception base
+was pretrained to caption (which shapes appear, in what order, where, which one moves); what can go wrong is a
+composition over it:
 
 - Temporal: what appeared right after / before the X? (a shape: "blue circle")
 - Spatial: where was the shape that appeared right after / before the X? (a quadrant: "top-left")
@@ -11,16 +12,21 @@ RL to improve, and a quarter of guesses are rewarded. Here the videos and what m
   how many shapes appeared after / before the moving shape? (a number)
 - Plot & Narrative: how many shapes appeared after / before the X? between the X and the Y? (a number)
 
-Every template has exactly one answer on every video the generator makes (5-8 events in time order, each
-identity at most once, exactly one moving shape): it picks its subject and side among those where the answer
-exists. A same-quadrant question is left out: a quadrant may hold no other shape or several, and the moving
-shape is in two. Answers are open, graded by minirl.reward (numbers by value, words by normalised equality), so
-a uniform guess over a template's answers is right 1/8 to 1/4 of the time; each row's task records that rate as
-`guess_rate` (minirl/oracle.py prints it beside the oracle table).
+Its videos hold 3-4 events (EVENTS) of distinct colours, so a question names a shape by its colour ("the red
+shape"), each event on screen in one of the `seen_at` uniformly sampled frames (32, the frames the demo trains
+with; minirl/synth.py draws them), so that many frames show the whole script and fewer miss some of it. The
+chain of thought is the perception base's caption of those frames with each event numbered ("(1) the red
+square at the top-left, (2) ... 3 in total."), a derivation over the numbers ("The red one is (1); after it is
+(2), the blue circle.", "The red one is (2) of 3; after it 3-2=1."), and "So the answer is X."; it is never
+timed, and with its tags fits in the 112 new tokens the demo samples on this tier (tests/test_synth.py
+measures it with models/base's tokenizer). The base reads a video this short almost without fault; each step
+of the derivation is one lookup or one subtraction, and it is where samples differ.
 
-The chain of thought lists the shapes in order (as the easy tier's count question does), derives the answer from
-that list in one sentence, and ends "So the answer is X."; it is never timed, so that with its tags it fits in
-the 64 new tokens the demo samples (tests/test_synth.py measures it with models/base's tokenizer).
+Every template has exactly one answer on every video: it picks its subject and side among those where the
+answer exists. A same-quadrant question is left out: a quadrant may hold no other shape or several, and the
+moving shape is in two. Answers are open, graded by minirl.reward (numbers by value, words by normalised
+equality), so a uniform guess over a template's answers is right 1/6 to 1/3 of the time; each row's task
+records that rate as `guess_rate` (minirl/oracle.py prints it beside the oracle table).
 
 Events are the dicts minirl/synth.py writes, and synth hands over its vocabulary (`spaces`: every shape name,
 colour, quadrant and count): synth imports this module, so nothing here imports synth.
@@ -28,22 +34,13 @@ colour, quadrant and count): synth imports this module, so nothing here imports 
 
 import random
 
+EVENTS = (3, 4)  # inclusive range of events per video, each of its own colour
 SIDES = (("after", 1), ("before", -1))  # a side of a shape in time, and the step to its neighbour there
 
 
 def _name(event: dict) -> str:
     """The name "red square", as synth.name says it (synth imports this module, so this cannot import it)."""
     return f"{event['colour']} {event['shape']}"
-
-
-def _listed(events: list[dict]) -> str:
-    """What was seen, in order: the first half of every chain of thought."""
-    return "Shapes appear: " + ", ".join(_name(e) for e in events) + "."
-
-
-def _shapes(k: int) -> str:
-    """A count as the chain of thought says it: "1 shape appears", "3 shapes appear"."""
-    return f"{k} shape appears" if k == 1 else f"{k} shapes appear"
 
 
 def _mover(events: list[dict]) -> int:
@@ -61,48 +58,77 @@ def _pick(events, rng: random.Random, subject: int | None = None, still: bool = 
     return rng.choice(picks)
 
 
-def _on_side(events, i: int, side: str) -> int:
-    """How many shapes appeared on `side` of shape i."""
-    return i if side == "before" else len(events) - 1 - i
+def _caption(events: list[dict]) -> str:
+    """What the sampled frames show, numbered in time order: the first half of every chain of thought.
+
+    "(1) the red square at the top-left, (2) the blue circle at the top-right moves to the bottom-left. 2 in
+    total.": the perception base's caption (synth.caption: "First the ..., then the ...") with each event's
+    number in place of "First" / "then", so that the derivation can name a shape by its number."""
+    parts = [f"({i + 1}) the {_name(e)} at the {e['pos']}" + (f" moves to the {e['to']}" if e["to"] else "")
+             for i, e in enumerate(events)]
+    return ", ".join(parts) + f". {len(events)} in total."
 
 
-# Each template takes (events, rng) and returns (problem, answer, derivation, task): the derivation is the one
-# sentence that turns the list of what was seen into the answer; the task is what the oracle reads.
+def _one(events, i: int) -> str:
+    """How a question names shape i: by its colour, which no other shape of the video has ("the red shape")."""
+    return f"the {events[i]['colour']} shape"
+
+
+def _found(events, i: int, moving: bool = False) -> str:
+    """The derivation's first step, finding the shape a question names by its colour: "The red one is (2)", or
+    the moving shape by its movement: "The blue circle moves, it is (2)"."""
+    return f"The {_name(events[i])} moves, it is ({i + 1})" if moving else f"The {events[i]['colour']} one is ({i + 1})"
+
+
+def _neighbour(events, i: int, side: str, j: int, moving: bool = False) -> str:
+    """The second step, one number on: "after it is (3), the blue circle"."""
+    return f"{_found(events, i, moving)}; {side} it is ({j + 1}), the {_name(events[j])}"
+
+
+def _count(events, i: int, side: str, moving: bool = False) -> tuple[int, str]:
+    """How many shapes appeared on `side` of shape i, and the subtraction that says it: "after it 4-2=2"."""
+    n, found = len(events), _found(events, i, moving)
+    if side == "before":
+        return i, f"{found}; before it {i + 1}-1={i}"
+    return n - 1 - i, f"{found} of {n}; after it {n}-{i + 1}={n - 1 - i}"
+
+
+# Each template takes (events, rng) and returns (problem, answer, derivation, task): the derivation turns the
+# numbered list of what was seen into the answer, one lookup or one subtraction at a time; the task is what the
+# oracle reads.
 
 
 def r_next_shape(events, rng):
     i, side, j = _pick(events, rng)
-    return (f"What appeared right {side} the {_name(events[i])}?", _name(events[j]),
-            f"The shape {side} the {_name(events[i])} is the {_name(events[j])}.",
+    return (f"What appeared right {side} {_one(events, i)}?", _name(events[j]), f"{_neighbour(events, i, side, j)}.",
             dict(kind="next_shape", subject=i, side=side))
 
 
 def r_next_place(events, rng):
     i, side, j = _pick(events, rng, still=True)
-    return (f"Where was the shape that appeared right {side} the {_name(events[i])}?", events[j]["pos"],
-            f"The shape {side} the {_name(events[i])} is the {_name(events[j])}, at the {events[j]['pos']}.",
+    return (f"Where was the shape that appeared right {side} {_one(events, i)}?", events[j]["pos"],
+            f"{_neighbour(events, i, side, j)} at the {events[j]['pos']}.",
             dict(kind="next_place", subject=i, side=side))
 
 
 def r_mover_colour(events, rng):
     i, side, j = _pick(events, rng, subject=_mover(events))
     return (f"What colour was the shape that appeared right {side} the moving shape?", events[j]["colour"],
-            f"The {_name(events[i])} moves; the shape {side} it is the {_name(events[j])}.",
-            dict(kind="mover_colour", subject=i, side=side))
+            f"{_neighbour(events, i, side, j, moving=True)}.", dict(kind="mover_colour", subject=i, side=side))
 
 
 def r_mover_count(events, rng):
     i, (side, _) = _mover(events), rng.choice(SIDES)
-    k = _on_side(events, i, side)
-    return (f"How many shapes appeared {side} the moving shape?", str(k),
-            f"The {_name(events[i])} moves; {_shapes(k)} {side} it.", dict(kind="mover_count", subject=i, side=side))
+    k, derivation = _count(events, i, side, moving=True)
+    return (f"How many shapes appeared {side} the moving shape?", str(k), f"{derivation}.",
+            dict(kind="mover_count", subject=i, side=side))
 
 
 def r_side_count(events, rng):
     i, (side, _) = rng.randrange(len(events)), rng.choice(SIDES)
-    k = _on_side(events, i, side)
-    return (f"How many shapes appeared {side} the {_name(events[i])}?", str(k),
-            f"{_shapes(k)} {side} the {_name(events[i])}.", dict(kind="side_count", subject=i, side=side))
+    k, derivation = _count(events, i, side)
+    return (f"How many shapes appeared {side} {_one(events, i)}?", str(k), f"{derivation}.",
+            dict(kind="side_count", subject=i, side=side))
 
 
 def r_between_count(events, rng):
@@ -111,8 +137,9 @@ def r_between_count(events, rng):
     k = rng.randrange(len(events) - 1)
     first = rng.randrange(len(events) - 1 - k)
     i, j = rng.sample((first, first + k + 1), 2)
-    pair = f"the {_name(events[i])} and the {_name(events[j])}"
-    return (f"How many shapes appeared between {pair}?", str(k), f"{_shapes(k)} between {pair}.",
+    found = f"{_found(events, i)}, the {events[j]['colour']} one is ({j + 1})"
+    return (f"How many shapes appeared between {_one(events, i)} and {_one(events, j)}?", str(k),
+            f"{found}; between them {max(i, j) + 1}-{min(i, j) + 1}-1={k}.",
             dict(kind="between_count", subjects=[i, j]))
 
 
@@ -127,17 +154,17 @@ TEMPLATES = {
 def answer_space(task: dict, events: list[dict], spaces: dict[str, list[str]]) -> list[str]:
     """Every answer the template of `task` gives on some video: a shape other than the subject, a quadrant, a
     colour, or a count of the shapes a video can hold besides the subject (besides two, between two)."""
-    kind = task["kind"]
+    kind, counts = task["kind"], [str(k) for k in range(EVENTS[1])]
     if kind == "next_shape":
-        return [s for s in spaces["shape"] if s != _name(events[task["subject"]])]
+        return [s for s in spaces["shape"] if not s.startswith(events[task["subject"]]["colour"] + " ")]
     if kind == "next_place":
         return spaces["place"]
     if kind == "mover_colour":
-        return spaces["colour"]
+        return [c for c in spaces["colour"] if c != events[task["subject"]]["colour"]]
     if kind in ("mover_count", "side_count"):
-        return spaces["count"]
+        return counts
     if kind == "between_count":
-        return spaces["count"][:-1]
+        return counts[:-1]
     raise ValueError(f"unknown reasoning task kind {kind!r}")
 
 
@@ -147,5 +174,5 @@ def make_question(events: list[dict], category: str, slot: int, rng: random.Rand
     that a uniform guess over the template's answers is right."""
     problem, answer, derivation, task = TEMPLATES[category][slot](events, rng)
     task["guess_rate"] = 1 / len(answer_space(task, events, spaces))
-    return dict(problem=problem, answer=answer, reasoning=f"{_listed(events)} {derivation} So the answer is {answer}.",
+    return dict(problem=problem, answer=answer, reasoning=f"{_caption(events)} {derivation} So the answer is {answer}.",
                 category=category, task=task)

@@ -16,10 +16,11 @@ Categories cycle question by question and each category's answer letters are dea
 shuffled blocks of A-D, so both are balanced, not merely random. Every question carries a short
 chain of thought citing the evidence with timestamps, written from the event metadata. --easy asks
 one fact per category among fixed options; --reasoning asks open questions that compose facts
-(minirl/reasoning.py), each category's templates dealt in shuffled blocks.
+(minirl/reasoning.py), each category's templates dealt in shuffled blocks, on videos of 3-4 events
+of distinct colours that K sampled frames (--seen-at) all show.
 
     python -m minirl.synth --out DIR [--train N --test N --frames F --size S --fps R --per-video Q
-                                      --seed S --no-timestamps --easy --reasoning --captions K --dense]
+                                      --seed S --no-timestamps --easy --reasoning --seen-at K --captions K --dense]
     python -m minirl.oracle DIR/test.jsonl      # what k sampled frames can answer (minirl/oracle.py)
 
 The default (3000 train / 600 test questions, 4 per video, 256 frames of 56x56 at 8 fps, about
@@ -28,9 +29,8 @@ stay 2-6 frames long at any length, so an hour-scale video (--frames 28800) need
 a stress test for long-context training. --size must be a multiple of 28 (patch 14 x merge 2);
 at 56 px each merged video token is one quadrant over two frames.
 
-Layout: DIR/train.jsonl, DIR/test.jsonl, DIR/videos/{train,test}/NNNNN.mp4 (paths in the jsonl
-are relative to DIR). Output is a deterministic function of the arguments, mp4 bytes included
-(libx264 runs single-threaded).
+Layout: DIR/train.jsonl, DIR/test.jsonl, DIR/videos/{train,test}/NNNNN.mp4 (paths relative to DIR).
+Output is a deterministic function of the arguments, mp4 bytes included (libx264 runs single-threaded).
 """
 
 import argparse
@@ -46,6 +46,7 @@ import av
 import numpy as np
 
 from minirl.data import INSTRUCTION, INSTRUCTION_OPEN, SYSTEM_PROMPT
+from minirl.reasoning import EVENTS as REASONING_EVENTS
 from minirl.reasoning import TEMPLATES as REASONING_TEMPLATES
 from minirl.reasoning import make_question as reasoning_question
 from minirl.video import uniform_indices
@@ -67,23 +68,29 @@ CAPTION_PROMPT = "Describe the video."
 # ----------------------------------------------------------------------------- events
 
 
-def make_events(rng: random.Random, num_frames: int, dense: bool = False) -> list[dict]:
-    """A video's script: 5-8 events, one per equal time slot, in time order.
+def make_events(rng: random.Random, num_frames: int, dense: bool = False, counts: tuple[int, int] = EVENTS_PER_VIDEO,
+                seen_at: int = 0, one_per_colour: bool = False) -> list[dict]:
+    """A video's script: `counts` (inclusive) events, one per equal time slot, in time order.
 
     dense: 1-3 events that each fill half to all of their slot (the mover crosses slowly), a
     video where every event covers many video tokens: the easy end of the perception curriculum.
+    seen_at > 0: every event is on screen in one of `seen_at` uniformly sampled frames; one_per_colour: no two
+    events share a colour (both: the reasoning tier).
     """
-    n = rng.randint(1, 3) if dense else rng.randint(*EVENTS_PER_VIDEO)
-    identities = rng.sample(list(itertools.product(COLOURS, SHAPES)), n)
+    n = rng.randint(1, 3) if dense else rng.randint(*counts)
+    identities = ([(c, rng.choice(SHAPES)) for c in rng.sample(list(COLOURS), n)] if one_per_colour
+                  else rng.sample(list(itertools.product(COLOURS, SHAPES)), n))
     mover = rng.randrange(n)
     slot = num_frames // n
+    grid = uniform_indices(num_frames, seen_at) if seen_at else None
     events = []
     for i, (colour, shape) in enumerate(identities):
-        if dense:
-            frames = rng.randint(slot // 2, slot)
+        frames = rng.randint(slot // 2, slot) if dense else MOVER_FRAMES if i == mover else rng.randint(*STATIC_FRAMES)
+        if grid is None:
+            start = i * slot + rng.randint(0, slot - frames)
         else:
-            frames = MOVER_FRAMES if i == mover else rng.randint(*STATIC_FRAMES)
-        start = i * slot + rng.randint(0, slot - frames)
+            start = rng.choice([s for s in range(i * slot, (i + 1) * slot - frames + 1)
+                                if any(s <= f < s + frames for f in grid)])
         pos = rng.choice(QUADRANTS)
         to = rng.choice([q for q in QUADRANTS if q != pos]) if i == mover else None
         events.append(dict(colour=colour, shape=shape, start=start, frames=frames, pos=pos, to=to))
@@ -392,7 +399,7 @@ def caption_row(events: list[dict], visible_at: int, num_frames: int) -> dict:
 
 def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_video: int, seed: int,
                timestamps: bool = True, easy: bool = False, captions: int = 0, dense: bool = False,
-               reasoning: bool = False):
+               reasoning: bool = False, seen_at: int = 32):
     """(videos, rows): the event scripts and the jsonl rows of one split, no files written.
 
     Question q has category CATEGORIES[q % 4]; each category deals its answer letters from
@@ -415,7 +422,8 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
             rows.append(row)
             continue
         if q % per_video == 0:
-            videos.append(make_events(rng, num_frames))
+            videos.append(make_events(rng, num_frames, counts=REASONING_EVENTS, seen_at=seen_at, one_per_colour=True)
+                          if reasoning else make_events(rng, num_frames))
         v = len(videos) - 1
         category = CATEGORIES[q % len(CATEGORIES)]
         block = len(REASONING_TEMPLATES[category]) if reasoning else 4
@@ -436,8 +444,10 @@ def make_split(split: str, num_questions: int, num_frames: int, fps: int, per_vi
 
 def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: int = 56, fps: int = 8,
              per_video: int = 4, seed: int = 0, timestamps: bool = True, easy: bool = False,
-             captions: int = 0, dense: bool = False, workers: int = 1, reasoning: bool = False) -> dict:
-    """Write the benchmark to `out`; returns {split: number of rows}. reasoning: the open reasoning tier.
+             captions: int = 0, dense: bool = False, workers: int = 1, reasoning: bool = False,
+             seen_at: int = 32) -> dict:
+    """Write the benchmark to `out`; returns {split: number of rows}. reasoning: the open reasoning tier, whose
+    events are all on screen in `seen_at` uniformly sampled frames.
 
     workers > 1 encodes the mp4s in that many processes: the same bytes (every video is its own
     single-threaded encode of a script drawn beforehand), in half the time on 2 cores."""
@@ -451,7 +461,7 @@ def generate(out, train: int = 3000, test: int = 600, frames: int = 256, size: i
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("test", test)):
         videos, rows = make_split(split, n, frames, fps, per_video, seed, timestamps, easy, captions, dense,
-                                  reasoning)
+                                  reasoning, seen_at)
         jobs = [(out / f"videos/{split}/{v:05d}.mp4", events, frames, size, fps) for v, events in enumerate(videos)]
         if workers > 1 and len(jobs) > 1:
             with multiprocessing.Pool(workers) as pool:
@@ -526,6 +536,8 @@ def main(argv=None):
                         help="one template per category with fixed option lists (a tiny-model demo)")
     parser.add_argument("--reasoning", action="store_true",
                         help="open questions that compose what was seen (minirl/reasoning.py): a step RL can improve")
+    parser.add_argument("--seen-at", type=int, default=32, metavar="K",
+                        help="with --reasoning: every event is on screen in one of K uniformly sampled frames")
     parser.add_argument("--captions", type=int, default=0, metavar="K",
                         help="one dense-caption row per video (what K uniform frames show) instead of questions")
     parser.add_argument("--dense", action="store_true",
@@ -539,7 +551,7 @@ def main(argv=None):
     start = time.perf_counter()
     counts = generate(args.out, args.train, args.test, args.frames, args.size, args.fps, args.per_video,
                       args.seed, not args.no_timestamps, args.easy, args.captions, args.dense, args.workers,
-                      args.reasoning)
+                      args.reasoning, args.seen_at)
     print(f"wrote {counts['train']} train / {counts['test']} test questions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s")
 
