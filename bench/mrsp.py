@@ -252,6 +252,16 @@ def run_variant(work: Path, model_dir: Path, variant: str, frames: int, args) ->
     return row
 
 
+def run_flops(shape: memplan.Shape, run: dict, n: int, prompts: int, peak_gflops: float) -> dict[str, dict]:
+    """{phase: `flops.phase_table` row} of one run of the Figure-2 workload (`prompts` prompts x `n` rollouts, KL
+    on, 2 mini-batches), so that `bench mrsp` and `bench plan hour` count a step's model FLOPs alike."""
+    responses = [round(run["breakdown_s"]["response_tokens"])] * n
+    phase = flops.step_flops(shape, [(run["prompt_tokens"], run["video_tokens"], responses)] * prompts,
+                             mini_batches=2, kl=True, on_policy=False)
+    rows = flops.phase_table(phase, dict(run["breakdown_s"], step=run["seconds"]), peak_gflops)
+    return {r["phase"]: r for r in rows}
+
+
 def add_args(parser):
     parser.add_argument("--frames", type=int, nargs="+", default=None,
                         help="frame counts, ascending (default 16 32 64 128 256 512; --quick: 16 32 64 128)")
@@ -407,9 +417,7 @@ def run(args):
     shown = ["encode", "rollout", "old", "ref", "update", "step"]
     print(f"{'frames':>6} {'variant':<11} {'GFLOP':>7} " + " ".join(f"{p:>7}" for p in shown) + f" {'% peak':>7}")
     for (variant, f), r in ok.items():
-        work_per_prompt = (r["prompt_tokens"], r["video_tokens"], [round(r["breakdown_s"]["response_tokens"])] * args.n)
-        phase = flops.step_flops(shape, [work_per_prompt] * args.prompts, mini_batches=2, kl=True, on_policy=False)
-        table = {t["phase"]: t for t in flops.phase_table(phase, dict(r["breakdown_s"], step=r["seconds"]), peak)}
+        table = run_flops(shape, r, args.n, args.prompts, peak)
         r["flops"] = dict(peak_gflops=peak, phases=list(table.values()))
         cells = [f"{table[p]['gflops']:.2f}" if table[p]["seconds"] >= 0.01 else "-" for p in shown]
         print(f"{f:>6} {variant:<11} {table['step']['gflop']:>7.2f} " + " ".join(f"{c:>7}" for c in cells)

@@ -6,7 +6,8 @@ video on a laptop.
     python -m bench plan validate [VARIANT=FRAMES ...] [--json PATH]   the plan vs measured step peaks on CPU
                                                   (default: the 7 configurations of PLAN_CHECKS)
     python -m bench plan hour [--frames 3600] [--variants naive shared] [--json PATH]
-                                                  one RL step on hour-long videos (3,600 frames at 1 fps)
+                                                  one RL step on hour-long videos (3,600 frames at 1 fps): seconds
+                                                  and GFLOP/s per phase against a matmul peak measured in the same run
 
 validate and hour run `python -m bench mrsp` steps (one train_rl Trainer step per run, 2 fresh processes, gloo,
 fp32, the bench model, 2 prompts x n = 4 rollouts x 16 new tokens, KL on, 2 mini-batches; 1 warm-up, 1 timed and
@@ -20,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import mrsp
+from bench import flops, mrsp
 from bench.common import write_json
 from minirl import memplan, synth
 from minirl.tiny import build_tiny_model
@@ -94,8 +95,9 @@ PHASES = ["decode", "encode", "vision", "rollout", "old", "ref", "update", "step
 def hour(frames=3600, variants=("naive", "shared"), json_path=None) -> list[dict]:
     """An hour-long video on a laptop: one RL step of the bench model on `frames`-frame videos sampled at
     1 fps (3,600: an hour), every frame kept, per variant of `bench.mrsp`: tokens per prompt, peak MB a step adds
-    on each rank against the plan's, and the Trainer's seconds per phase (vision: inside the vision tower, any
-    phase: where the naive variant's re-encoding goes)."""
+    on each rank against the plan's, the Trainer's seconds per phase (vision: inside the vision tower, any
+    phase: where the naive variant's re-encoding goes) and, as `bench mrsp` reports them, the model FLOPs'
+    GFLOP/s per phase against the matmul peak of the run's 2 single-thread processes."""
     work, model_dir = workspace("minirl-hour-", frames, fps=1)
     shape = memplan.load_shape(str(model_dir))
     rows = []
@@ -116,6 +118,20 @@ def hour(frames=3600, variants=("naive", "shared"), json_path=None) -> list[dict
         print(f"{r['variant']:<9} {r['prompt_tokens']:>7} {r['video_tokens']:>7} "
               f"{' / '.join(f'{mb:.0f}' for mb in r['peak_mb_ranks']):>14} {r['plan_mb']:>8.0f} "
               f"{r['plan_mb'] / r['peak_mb']:>9.2f} " + " ".join(f"{seconds.get(p, 0.0):>7.1f}" for p in PHASES))
+    peak = 2 * flops.matmul_peak_gflops(threads=1)  # once, after the runs, as bench mrsp measures it
+    print(f"\nGFLOP/s per phase: model FLOPs (bench/flops.py) / the seconds above ('-': under 0.01 s, the phase's "
+          f"work runs inside others, as naive's encode);\nGFLOP: one step's; % peak: the step's GFLOP/s, of the "
+          f"measured matmul peak of 2 single-thread processes, {peak:.1f} GFLOP/s")
+    shown = ["encode", "rollout", "old", "ref", "update", "step"]
+    print(f"{'variant':<9} {'GFLOP':>7} " + " ".join(f"{p:>7}" for p in shown) + f" {'% peak':>7}")
+    for r in rows:
+        if "error" in r:
+            continue
+        table = mrsp.run_flops(shape, r, WORKLOAD.n, WORKLOAD.prompts, peak)
+        r["flops"] = dict(peak_gflops=peak, phases=list(table.values()))
+        cells = [f"{table[p]['gflops']:.2f}" if table[p]["seconds"] >= 0.01 else "-" for p in shown]
+        print(f"{r['variant']:<9} {table['step']['gflop']:>7.2f} " + " ".join(f"{c:>7}" for c in cells)
+              + f" {100 * table['step']['of_peak']:>6.1f}%")
     if json_path:
         write_json(json_path, dict(frames=frames, fps=1, workload=vars(WORKLOAD), runs=rows))
     return rows

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from bench.mrsp import MRSP_SIZE, _largest_within, qwen25_vl_7b_config, video_token_flops
-from minirl import synth
+from bench import flops as F
+from bench.mrsp import MRSP_SIZE, _largest_within, qwen25_vl_7b_config, run_flops, video_token_flops
+from minirl import memplan, synth
 from minirl.tiny import make_config, make_processor
 from tests.conftest import CORPUS, START_METHOD
 
@@ -79,3 +80,20 @@ def test_largest_frames_within_budget():
     assert _largest_within(rows, 300) == (64, 128)  # a failed run counts as over the budget
     assert _largest_within(rows[:3], 300) == (64, None)  # fits every frame count measured
     assert _largest_within(rows, 50) == (None, 16)
+
+
+def test_run_flops_divides_the_workloads_flops_by_the_run_seconds():
+    """`bench mrsp` and `bench plan hour` print these: 2 prompts x n = 4 rollouts, KL on, 2 mini-batches."""
+    s = memplan.Shape(hidden=4, ffn=6, layers=1, heads=2, kv_heads=1, vocab=10, tied=False, v_hidden=2, v_ffn=3,
+                      v_depth=1, v_out=4, patch=1, temporal=1, merge=1, channels=1)
+    run = dict(prompt_tokens=3, video_tokens=2, seconds=8.0,
+               breakdown_s=dict(encode=0.5, rollout=2.0, old=1.0, ref=1.0, update=3.0, response_tokens=2.2))
+    table = run_flops(s, run, n=4, prompts=2, peak_gflops=10.0)
+    phase = F.step_flops(s, [(3, 2, [2] * 4)] * 2, mini_batches=2, kl=True, on_policy=False)
+    assert list(table) == ["encode", "rollout", "old", "ref", "update", "step"]
+    step = table["step"]
+    assert step["gflop"] == pytest.approx(sum(phase.values()) / 1e9) and step["seconds"] == 8.0
+    assert step["gflops"] == pytest.approx(step["gflop"] / 8.0)
+    assert step["of_peak"] == pytest.approx(step["gflops"] / 10.0)
+    assert table["update"]["gflops"] == pytest.approx(phase["update"] / 1e9 / 3.0)
+    assert table["rollout"]["gflop"] == pytest.approx((phase["prefill"] + phase["decode"]) / 1e9)
