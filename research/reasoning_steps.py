@@ -2,10 +2,11 @@
 
     python -m research.reasoning_steps DATA/test.jsonl PRED.jsonl [PRED2.jsonl ...]
 
-For every response of an evaluate.py predictions file: is the numbered caption exact (names in order); is the
-shape the question names found at its number ("The red one is (2)"); is the step to its neighbour right
-(after: +1, before: -1); does the number looked up name the right shape; is the subtraction right; is the
-answer right. Rates are over all responses of the template (a step the response does not write counts wrong).
+For every response of an evaluate.py predictions file: is the numbered caption exact (names in order), or
+shorter than the video; is the shape the question names found at its number ("The red one is (2)"); is the
+step to its neighbour right (after: +1, before: -1); does the number looked up name the right shape; is the
+subtraction right; is the answer right. Rates are over all responses of the template (a step the response does
+not write counts wrong).
 """
 
 import argparse
@@ -23,7 +24,7 @@ def score(row: dict, response: str) -> dict:
     events, task = row["events"], row["task"]
     names = [f"{e['colour']} {e['shape']}" for e in events]
     listed = [f"{c} {s}" for c, s in NAME.findall(response.split("in total.")[0])]
-    out = dict(caption=listed == names)
+    out = dict(caption=listed == names, short=len(listed) < len(names))
     found = [int(x) for x in FOUND.findall(response)]
     subjects = task.get("subjects", [task.get("subject")])
     out["found"] = found[:len(subjects)] == [i + 1 for i in subjects]
@@ -52,12 +53,12 @@ def main():
                 t["n"] += 1
                 t["answer"] += accuracy
                 t.update({k: int(v) for k, v in score(row, response).items()})
-        print(f"\n{path}\n| template | responses | caption exact | shape found | step | lookup | subtraction "
-              "| answer |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"\n{path}\n| template | responses | caption exact | caption too short | shape found | step | lookup "
+              "| subtraction | answer |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for kind, t in sorted(totals.items()):
             cells = [f"{100 * t[k] / t['n']:.0f}%" if k in t or k in ("answer",) else "—"
-                     for k in ("caption", "found", "step", "lookup", "subtraction", "answer")]
+                     for k in ("caption", "short", "found", "step", "lookup", "subtraction", "answer")]
             print(f"| {kind} | {t['n']} | " + " | ".join(cells) + " |")
 
 
