@@ -15,9 +15,8 @@ composition over it:
 Its videos hold 3-4 events (EVENTS) of distinct colours, so a question names a shape by its colour ("the red
 shape"), each event on screen in one of the `seen_at` uniformly sampled frames (32, the frames the demo trains
 with; minirl/synth.py draws them), so that many frames show the whole script and fewer miss some of it. The
-chain of thought is the perception base's caption of those frames with each event numbered and the shapes the
-question names by colour marked ("(1) the red square at the top-left *, (2) ... 3 in total."), a derivation
-over the numbers ("The red one is (1); after it is
+chain of thought is the perception base's caption of those frames with each event numbered ("(1) the red
+square at the top-left, (2) ... 3 in total."), a derivation over the numbers ("The red one is (1); after it is
 (2), the blue circle.", "The red one is (2) of 3; after it 3-2=1."), and "So the answer is X."; it is never
 timed, and with its tags fits in the 112 new tokens the demo samples on this tier (tests/test_synth.py
 measures it with models/base's tokenizer). The base reads a video this short almost without fault; each step
@@ -59,17 +58,14 @@ def _pick(events, rng: random.Random, subject: int | None = None, still: bool = 
     return rng.choice(picks)
 
 
-def _caption(events: list[dict], asked: list[int]) -> str:
-    """What the sampled frames show, numbered in time order, the shapes the question names by colour marked "*":
-    the first half of every chain of thought.
+def _caption(events: list[dict]) -> str:
+    """What the sampled frames show, numbered in time order: the first half of every chain of thought.
 
-    "(1) the red square at the top-left *, (2) the blue circle at the top-right moves to the bottom-left. 2 in
+    "(1) the red square at the top-left, (2) the blue circle at the top-right moves to the bottom-left. 2 in
     total.": the perception base's caption (synth.caption: "First the ..., then the ...") with each event's
-    number in place of "First" / "then", so that the derivation can name a shape by its number, and a mark that
-    the derivation finds as it finds the moving shape by "moves" (a colour also occurs in the question, and a
-    tiny model does not learn to look it up in the caption: research-log.md, 2026-12-04)."""
+    number in place of "First" / "then", so that the derivation can name a shape by its number."""
     parts = [f"({i + 1}) the {_name(e)} at the {e['pos']}" + (f" moves to the {e['to']}" if e["to"] else "")
-             + (" *" if i in asked else "") for i, e in enumerate(events)]
+             for i, e in enumerate(events)]
     return ", ".join(parts) + f". {len(events)} in total."
 
 
@@ -178,7 +174,5 @@ def make_question(events: list[dict], category: str, slot: int, rng: random.Rand
     that a uniform guess over the template's answers is right."""
     problem, answer, derivation, task = TEMPLATES[category][slot](events, rng)
     task["guess_rate"] = 1 / len(answer_space(task, events, spaces))
-    asked = [] if task["kind"].startswith("mover") else task.get("subjects", [task.get("subject")])
-    return dict(problem=problem, answer=answer,
-                reasoning=f"{_caption(events, asked)} {derivation} So the answer is {answer}.",
+    return dict(problem=problem, answer=answer, reasoning=f"{_caption(events)} {derivation} So the answer is {answer}.",
                 category=category, task=task)
