@@ -41,7 +41,7 @@ RECIPE = dict(
     eval_max_new_tokens=64,
     base_eval_examples=100,
 )
-REASONING_NEW_TOKENS = 112  # the reasoning tier's chain of thought: a numbered caption of up to 5 events, a derivation
+REASONING_NEW_TOKENS = 112  # the reasoning tier's chain of thought: a numbered caption of up to 4 events, a derivation
 QUICK = dict(
     synth=dict(train=24, test=8, frames=64, size=56, per_video=4),
     frames=8,

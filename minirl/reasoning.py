@@ -29,7 +29,7 @@ equality), so a uniform guess over a template's answers is right 1/6 to 1/3 of t
 records that rate as `guess_rate` (minirl/oracle.py prints it beside the oracle table).
 
 Events are the dicts minirl/synth.py writes, and synth hands over its vocabulary (`spaces`: every shape name,
-colour, quadrant and count): synth imports this module, so nothing here imports synth.
+colour and quadrant): synth imports this module, so nothing here imports synth.
 """
 
 import random

@@ -339,9 +339,9 @@ EASY_TEMPLATES = {
 }
 
 
-# The open answers of the reasoning tier: every shape's name, colour, quadrant, and count of shapes besides one.
+# The reasoning tier's open answers from synth's vocabulary (its counts: minirl/reasoning.py's EVENTS).
 ANSWER_SPACES = dict(shape=[f"{c} {s}" for c, s in itertools.product(COLOURS, SHAPES)], colour=list(COLOURS),
-                     place=list(QUADRANTS), count=[str(k) for k in range(EVENTS_PER_VIDEO[1])])
+                     place=list(QUADRANTS))
 
 
 def option_text(events: list[dict], kind: str, choice) -> str:
