@@ -185,7 +185,7 @@ def decode(model, processor, examples: list[Example], sampling: FrameSampling, p
     records = []
     with open(path, "x") as f:
         for record in predict(model, processor, examples, sampling, args.max_prompt_tokens, params,
-                              args.batch_size, args.prefill_chunk, progress=True):
+                              args.batch_size, args.prefill_chunk, progress=True, compile=args.compile):
             f.write(json.dumps(record) + "\n")
             f.flush()
             records.append(record)
@@ -219,6 +219,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8, help="questions decoded together")
     parser.add_argument("--prefill-chunk", type=int, default=4096, help="prompt tokens per prefill step")
+    parser.add_argument("--compile", action="store_true",
+                        help="decode with the sampler's static-shape step under torch.compile (the same responses)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions (0: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -1,11 +1,10 @@
 """The held-out scorer both trainers (`evaluate_run`) and the evaluation CLI (evaluate.py) use.
 
-Each question's video is decoded and encoded once, its prompt built exactly as in training, its
-responses decoded by the rollout sampler and scored by `minirl.reward`; the table holds, per
-category, the mean over questions of the mean over a question's responses. A question whose
-video cannot be used (`VideoError`) or whose prompt cannot fit (`PromptTooLong`) scores 0 and is
-counted in `errors`: never skipped, never replaced. With world > 1 rank r decodes
-examples[r::world] and every rank gets the whole table, equal to the one-process table.
+Each question's video is decoded and encoded once, its prompt built exactly as in training, its responses decoded by the
+rollout sampler and scored by `minirl.reward`; the table holds, per category, the mean over questions of the mean over a
+question's responses. A question whose video cannot be used (`VideoError`) or whose prompt cannot fit (`PromptTooLong`)
+scores 0 and is counted in `errors`: never skipped, never replaced. With world > 1 rank r decodes examples[r::world] and
+every rank gets the whole table, equal to the one-process table.
 """
 
 from collections.abc import Iterator
@@ -38,12 +37,12 @@ def sampling_params(model: QwenVL, processor, max_new_tokens: int = 512, n: int 
 
 def predict(model: QwenVL, processor, examples: list[Example], sampling: FrameSampling,
             max_prompt_tokens: int, params: SamplingParams, batch_size: int = 8, prefill_chunk: int = 4096,
-            progress: bool = False, positions: list[int] | None = None) -> Iterator[dict]:
-    """One scored prediction record per example, in order, decoded `batch_size` questions at a time.
+            progress: bool = False, positions: list[int] | None = None, compile: bool = False) -> Iterator[dict]:
+    """One scored prediction record per example, in order, decoded `batch_size` questions at a time
+    (`compile`: with the sampler's compiled static-shape step, `rollout.sample`).
 
-    Response j of the question at dataset position i (`positions`, default 0, 1, ...) is seeded
-    params.seed + i * n + j: a question's responses depend neither on the batch size nor on which
-    rank decodes it.
+    Response j of the question at dataset position i (`positions`, default 0, 1, ...) is seeded params.seed + i * n + j:
+    a question's responses depend neither on the batch size nor on which rank decodes it.
     """
     positions = list(range(len(examples))) if positions is None else positions
     bar = tqdm(total=len(examples), desc="eval", unit="question", disable=not progress)
@@ -65,21 +64,17 @@ def predict(model: QwenVL, processor, examples: list[Example], sampling: FrameSa
                 record.update(num_frames=item["num_frames"], frames_reduced=item["frames_reduced"],
                               prompt_tokens=len(item["input_ids"]))
             records.append(record)
-        samples = sample(model, prompts, params, prefill_chunk, seeds=seeds).samples if prompts else []
+        samples = sample(model, prompts, params, prefill_chunk, seeds=seeds, compile=compile).samples if prompts else []
         decoded = iter(samples)
         for ex, record in zip(batch, records, strict=True):
             if record["error"] is not None:
                 continue
             group = [next(decoded) for _ in range(params.n)]
             texts = [processor.tokenizer.decode(s.tokens, skip_special_tokens=True) for s in group]
-            record.update(
-                responses=texts,
-                answers=[extract_answer(t) for t in texts],
-                accuracy=[accuracy_reward(t, ex.answer, ex.row) for t in texts],
-                format=[format_reward(t) for t in texts],
-                response_tokens=[s.length for s in group],
-                stop_reasons=[s.stop_reason for s in group],
-            )
+            record.update(responses=texts, answers=[extract_answer(t) for t in texts],
+                          accuracy=[accuracy_reward(t, ex.answer, ex.row) for t in texts],
+                          format=[format_reward(t) for t in texts], response_tokens=[s.length for s in group],
+                          stop_reasons=[s.stop_reason for s in group])
         yield from records
         bar.update(len(batch))
     bar.close()
@@ -91,11 +86,10 @@ def mean(values) -> float:
 
 
 def majority_correct(record: dict) -> float:
-    """The grade of the answer most of a question's responses give (0.0 with an error). Answers
-    compare as the reward normalises them, except that one normalising to nothing keeps its lower-cased
-    text (normalising drops articles: option "A" is not an empty answer) and two the reward grades
-    differently never pool ("A B" names no option, "B" does). A tie goes to the earliest response among
-    the tied answers: `max` returns the first maximal vote."""
+    """The grade of the answer most of a question's responses give (0.0 with an error). Answers compare as the reward
+    normalises them, except that one normalising to nothing keeps its lower-cased text (normalising drops articles:
+    option "A" is not an empty answer) and two the reward grades differently never pool ("A B" names no option, "B"
+    does). A tie goes to the earliest response among the tied answers: `max` returns the first maximal vote."""
     votes = [(normalize(a) or a.strip().lower(), grade)
              for a, grade in zip(record["answers"], record["accuracy"], strict=True)]
     return max(votes, key=votes.count)[1] if votes else 0.0
@@ -157,14 +151,14 @@ def merge_shards(shards: list[list]) -> list:
 def evaluate(model: QwenVL, processor, examples: list[Example], sampling: FrameSampling,
              max_prompt_tokens: int = 16384, max_new_tokens: int = 512, n: int = 1, temperature: float = 0.0,
              seed: int = 0, batch_size: int = 8, prefill_chunk: int = 4096, rank: int = 0, world: int = 1,
-             progress: bool = False) -> dict:
+             progress: bool = False, compile: bool = False) -> dict:
     """The table (see `make_table`) for `examples`. With world > 1 (an initialised process group),
     rank r decodes examples[r::world] and the records are all-gathered: every rank returns the
     same table, equal to the one-process table."""
     params = sampling_params(model, processor, max_new_tokens, n, temperature, seed)
     positions = list(range(rank, len(examples), world))
     records = list(predict(model, processor, examples[rank::world], sampling, max_prompt_tokens, params,
-                           batch_size, prefill_chunk, progress, positions))
+                           batch_size, prefill_chunk, progress, positions, compile))
     if world > 1:
         shards = [None] * world
         dist.all_gather_object(shards, records)
@@ -172,15 +166,15 @@ def evaluate(model: QwenVL, processor, examples: list[Example], sampling: FrameS
     return make_table(records)
 
 
-def evaluate_run(run, show: bool = False) -> dict:
+def evaluate_run(run, show: bool = False, compile: bool = False) -> dict:
     """The table for the current weights of a training run (`minirl.run.Run`): its sharded model
     synced into its plain copy, which the sampler decodes with; data-parallel over all ranks, as
-    `evaluate`. `show`: print the table (rank 0)."""
+    `evaluate`. `show`: print the table (rank 0); `compile`: the sampler's compiled step."""
     sync_weights(run.copy, run.model)
     cfg = run.cfg
     table = evaluate(run.copy, run.processor, run.test, run.sampling, cfg.data.max_prompt_tokens,
                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, rank=run.rank,
-                     world=run.world)
+                     world=run.world, compile=compile)
     if show and run.rank == 0:
         print_table(table)
     return table

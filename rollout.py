@@ -32,6 +32,9 @@ Design decisions and simplifications:
 - Stop tokens are kept at the end of the response, like the naive `minirl.model.generate`.
 - The bookkeeping (`DecodeState`: which row is which sample, positions, lengths, stop reasons) is plain CPU
   tensors and lists; the caches live on the model's device. Nothing here is CUDA-only.
+- `sample(compile=True)` decodes with a second step, `StaticDecode` (end of this file): the same arithmetic
+  on padded, never-compacted caches, so its shapes never change and torch.compile captures it as one graph
+  (on CUDA, one CUDA-graph replay per step). The same samples; the eager step above stays the reference.
 """
 
 import math
@@ -90,8 +93,7 @@ class Rollout:
 
 @dataclass
 class PromptCache:
-    """One prompt's keys and values, per layer (Hkv, L, D): heads first, so decode matmuls read them
-    without a copy."""
+    """One prompt's keys and values, per layer (Hkv, L, D): heads first, so decode matmuls read them without a copy."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
@@ -99,10 +101,6 @@ class PromptCache:
     @property
     def length(self) -> int:
         return self.k[0].shape[1]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
 @dataclass
@@ -112,38 +110,41 @@ class ResponseCache:
     k: list[torch.Tensor]
     v: list[torch.Tensor]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
     def keep(self, rows: torch.Tensor):
         """Compact to the still-active rows (one copy per compaction, not per step)."""
         self.k = [t.index_select(0, rows) for t in self.k]
         self.v = [t.index_select(0, rows) for t in self.v]
 
 
-def empty_caches(model: QwenVL, length: int, rows: int | None = None):
-    """Uninitialised (k, v) lists, one tensor per layer: (Hkv, length, D) for a prompt cache,
+def empty_caches(model: QwenVL, length: int, rows: int | None = None, zeros: bool = False):
+    """Uninitialised (or zero) (k, v) lists, one tensor per layer: (Hkv, length, D) for a prompt cache,
     (rows, Hkv, length, D) for the response caches."""
     cfg = model.config
     shape = (cfg.num_kv_heads, length, cfg.head_dim)
     if rows is not None:
         shape = (rows, *shape)
-    make = partial(torch.empty, shape, dtype=model.dtype, device=model.device)
+    make = partial(torch.zeros if zeros else torch.empty, shape, dtype=model.dtype, device=model.device)
     return [make() for _ in range(cfg.num_layers)], [make() for _ in range(cfg.num_layers)]
+
+
+def nbytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 # ----------------------------------------------------------------------------- attention
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """Softmax attention of q (..., M, D), already scaled by 1/sqrt(D), over k, v (..., S, D), no mask.
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None):
+    """Softmax attention of q (..., M, D), already scaled by 1/sqrt(D), over k, v (..., S, D), plus an optional
+    additive fp32 `bias` broadcast to the scores (-inf hides a key; the static decode's masks).
 
     Returns (out (..., M, D) in fp32, the scores' log-sum-exp (..., M)) so attention over two disjoint key
     sets merges exactly (`merge`). The softmax is fp32 whatever the dtype, unnormalised until after the value
     matmul, and in place: a decode step is memory-bound, so its cost is the passes over the (M, S) scores.
     """
     scores = (q @ k.transpose(-1, -2)).float()  # (..., M, S)
+    if bias is not None:
+        scores += bias
     peak = scores.amax(-1, keepdim=True)  # (..., M, 1)
     weights = scores.sub_(peak).exp_()  # exp(score - max), in place
     total = weights.sum(-1, keepdim=True)  # (..., M, 1)
@@ -208,15 +209,16 @@ def decode_attention(prompt_caches: list[PromptCache | None], groups: list[tuple
 
 
 @torch.no_grad()
-def prefill(model: QwenVL, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, chunk: int = 4096):
-    """Run one prompt, inputs_embeds (1, L, C) and position_ids (3, 1, L), through the model
-    `chunk` tokens at a time. Returns (its PromptCache, the final hidden state of its last token (C,))."""
+def prefill(model: QwenVL, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, chunk: int = 4096,
+            cache: PromptCache | None = None):
+    """Run one prompt, inputs_embeds (1, L, C) and position_ids (3, 1, L), through the model `chunk` tokens at a time,
+    into `cache` (default: a new one). Returns (its PromptCache, the final hidden state of its last token (C,))."""
     if chunk < 1:
         raise ValueError(f"prefill chunk={chunk} must be >= 1")
     L = inputs_embeds.shape[1]
     if L == 0:
         raise ValueError("cannot prefill an empty prompt")
-    cache = PromptCache(*empty_caches(model, L))
+    cache = PromptCache(*empty_caches(model, L)) if cache is None else cache
     embeds, positions = inputs_embeds.to(model.device, model.dtype), position_ids.to(model.device)
     for start in range(0, L, chunk):
         attn = partial(prefill_attention, cache, start)
@@ -280,8 +282,7 @@ class DecodeState:
     def _regroup(self):
         prompts, counts = torch.unique_consecutive(self.slots // self.n, return_counts=True)
         ends = counts.cumsum(0)
-        self.groups = [(p, e - c, e) for p, c, e in zip(prompts.tolist(), counts.tolist(), ends.tolist(),
-                                                          strict=True)]
+        self.groups = [(p, e - c, e) for p, c, e in zip(prompts.tolist(), counts.tolist(), ends.tolist(), strict=True)]
 
     @property
     def num_active(self) -> int:
@@ -311,10 +312,16 @@ class DecodeState:
 
 @torch.no_grad()
 def sample(model: QwenVL, prompts: list[tuple[torch.Tensor, torch.Tensor]], params: SamplingParams,
-           prefill_chunk: int = 4096, seeds: list[int] | None = None) -> Rollout:
+           prefill_chunk: int = 4096, seeds: list[int] | None = None, compile: bool = False,
+           static: bool | None = None) -> Rollout:
     """Decode `params.n` samples for each prompt (inputs_embeds (1, L, C), position_ids (3, 1, L)), as
-    `minirl.model.prepare_inputs` returns them; prompt-major. `seeds`: see the module docstring."""
+    `minirl.model.prepare_inputs` returns them; prompt-major. `seeds`: see the module docstring. `compile`: decode with
+    the static-shape step (`StaticDecode`) under torch.compile, the same samples, faster once the one-time compile is
+    paid; `static=True` runs that step uncompiled (its tests). The default is the eager step above, the reference."""
     device, n = model.device, params.n
+    static = compile if static is None else static
+    if compile and not static:
+        raise ValueError("compile=True compiles the static decode step: leave static unset or True")
     if seeds is None:
         seeds = [params.seed + p * n for p in range(len(prompts))]
     if len(seeds) != len(prompts):
@@ -322,15 +329,21 @@ def sample(model: QwenVL, prompts: list[tuple[torch.Tensor, torch.Tensor]], para
     if not prompts:
         return Rollout([], 0, 0)
     generators = [torch.Generator(device).manual_seed(s + j) for s in seeds for j in range(n)]  # by sample
+    state = DecodeState([next_position(pos) for _, pos in prompts], n, params.max_new_tokens, params.stop_token_ids)
+    decoder = StaticDecode(model, [embeds.shape[1] for embeds, _ in prompts], state.next_positions, n,
+                           params.max_new_tokens, compile) if static else None
     caches, last_hidden = [], []
-    for embeds, positions in prompts:
-        cache, hidden = prefill(model, embeds, positions, prefill_chunk)
+    for p, (embeds, positions) in enumerate(prompts):
+        cache, hidden = prefill(model, embeds, positions, prefill_chunk, decoder.prompt_cache(p) if static else None)
         caches.append(cache)
         last_hidden.append(hidden)
-    state = DecodeState([next_position(pos) for _, pos in prompts], n, params.max_new_tokens,
-                        params.stop_token_ids)
-    response = ResponseCache(*empty_caches(model, params.max_new_tokens - 1, rows=state.num_active))
-    rollout = Rollout([], sum(c.nbytes for c in caches), response.nbytes)
+    if static:
+        rollout = Rollout([], nbytes(decoder.prompt_k + decoder.prompt_v),
+                          nbytes(decoder.response_k + decoder.response_v))
+        fed = torch.zeros(state.num_active, dtype=torch.long, device=device)  # (B * n,) each row's last token
+    else:
+        response = ResponseCache(*empty_caches(model, params.max_new_tokens - 1, rows=state.num_active))
+        rollout = Rollout([], sum(nbytes(c.k + c.v) for c in caches), nbytes(response.k + response.v))
     tokens_out = torch.zeros(state.num_active, params.max_new_tokens, dtype=torch.long, device=device)
     logprobs_out = torch.zeros(state.num_active, params.max_new_tokens, device=device)
 
@@ -342,6 +355,10 @@ def sample(model: QwenVL, prompts: list[tuple[torch.Tensor, torch.Tensor]], para
         keep = state.advance(token, step)
         if state.num_active == 0:
             break
+        if static:  # every row decodes; a finished row feeds its last token again and its logits are dropped
+            fed[slots] = token
+            logits = decoder(fed, step)[state.slots.to(device)]  # (A, V)
+            continue
         if keep is not None:
             keep = keep.to(device)
             token = token[keep]
@@ -355,8 +372,7 @@ def sample(model: QwenVL, prompts: list[tuple[torch.Tensor, torch.Tensor]], para
 
     tokens_out, logprobs_out = tokens_out.tolist(), logprobs_out.tolist()
     for slot, (length, reason) in enumerate(zip(state.lengths, state.stop_reasons, strict=True)):
-        rollout.samples.append(Sample(slot // n, tokens_out[slot][:length], logprobs_out[slot][:length],
-                                      reason))
+        rollout.samples.append(Sample(slot // n, tokens_out[slot][:length], logprobs_out[slot][:length], reason))
     return rollout
 
 
@@ -375,3 +391,84 @@ def kv_waves(prompt_tokens: list[int], n: int, response: int, bytes_per_token: i
             waves.append([i])
             used = need
     return waves
+
+
+# ----------------------------------------------------------------------------- static decode (compiled)
+
+PAD_MULTIPLE = 256  # the padded prompt length is a multiple of this: nearby lengths share one compiled graph
+
+
+class StaticDecode:
+    """The decode step with shapes that never change, so torch.compile captures it whole (`sample(compile=True)`).
+
+    The eager step's shapes move (a loop over prompts, finished rows compacted away, caches sliced to `step`); here
+    every tensor is allocated once per rollout and every step runs one graph, which torch.compile fuses and, with
+    mode="reduce-overhead" on CUDA, replays as one CUDA graph: a small-batch step is otherwise hundreds of kernel
+    launches that cost more than their arithmetic. The arithmetic is `decode_attention`'s, batched over the prompts:
+    - The prompt caches are the rows of one (B, Hkv, L, D) tensor per layer, L the longest prompt rounded up to
+      PAD_MULTIPLE, the pads hidden by a -inf key bias. `prefill` writes each prompt into its row (`prompt_cache`):
+      still one cache per prompt, shared by its n samples, never copied.
+    - The response caches, (B * n, Hkv, max_new - 1, D) per layer, are never compacted: a finished row keeps decoding,
+      its outputs unused.
+    - The step is a 0-d device tensor, not a Python int: k and v are written at slot `step` (index_copy_) and the
+      later slots are masked, so every step is one graph.
+    The price: a short prompt's pads and a finished row still cost compute. Pads and unwritten slots hold zeros, not
+    uninitialised memory: a masked score must be finite - inf, never NaN.
+    """
+
+    def __init__(self, model: QwenVL, prompt_lengths: list[int], next_positions: torch.Tensor, n: int,
+                 max_new_tokens: int, compile: bool = False):
+        device, B = model.device, len(prompt_lengths)
+        L = -(-max(prompt_lengths) // PAD_MULTIPLE) * PAD_MULTIPLE
+        self.model, self.prompt_lengths = model, prompt_lengths
+        self.prompt_k, self.prompt_v = empty_caches(model, L, rows=B, zeros=True)  # (B, Hkv, L, D) per layer
+        self.response_k, self.response_v = empty_caches(model, max_new_tokens - 1, rows=B * n, zeros=True)
+        is_pad = torch.arange(L, device=device) >= torch.tensor(prompt_lengths, device=device)[:, None]  # (B, L)
+        self.prompt_bias = torch.zeros(B, 1, 1, L, device=device).masked_fill(is_pad[:, None, None], -math.inf)
+        self.first_positions = next_positions.to(device).repeat_interleave(n)  # (B * n,): each row's step 0
+        self.slots = torch.arange(max_new_tokens - 1, device=device)  # (T,): the response cache's slots
+        self.step = torch.zeros((), dtype=torch.long, device=device)  # the current decode step
+        self.cuda_graph = compile and device.type == "cuda"
+        self.forward_fn = self.forward
+        if compile:
+            for t in self.prompt_k + self.prompt_v + self.response_k + self.response_v:
+                torch._dynamo.mark_static_address(t)  # a CUDA graph updates them in place, never copies them in
+            self.forward_fn = torch.compile(self.forward, mode="reduce-overhead" if self.cuda_graph else None,
+                                            fullgraph=True, dynamic=False)
+
+    def prompt_cache(self, p: int) -> PromptCache:
+        """Prompt p's row of the padded caches, (Hkv, L_p, D) views per layer, for `prefill` to write into."""
+        L = self.prompt_lengths[p]
+        return PromptCache([k[p, :, :L] for k in self.prompt_k], [v[p, :, :L] for v in self.prompt_v])
+
+    def __call__(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Logits (B * n, V), fp32, after feeding every row's token (B * n,) at decode step `step`."""
+        self.step.fill_(step)  # on the device, no host sync
+        if self.cuda_graph:  # the last step's logits are consumed: this replay may overwrite them
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.forward_fn(tokens, self.step)
+
+    def forward(self, tokens: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """The compiled region: token ids (A,) -> embeddings -> the layers with `attention` -> fp32 logits (A, V)."""
+        positions = (self.first_positions + step).view(1, -1, 1).expand(3, -1, 1)  # (3, A, 1), DecodeState's
+        response_bias = torch.where(self.slots <= step, 0.0, -math.inf)  # (T,): the slots written so far
+        x = self.model.embed_tokens(tokens)[:, None]  # (A, 1, C)
+        hidden = self.model(x, positions, attn_fn=partial(self.attention, step, response_bias))  # (A, 1, C)
+        return self.model.logits(hidden[:, 0])
+
+    def attention(self, step: torch.Tensor, response_bias: torch.Tensor, q, k, v, layer_idx: int):
+        """`attn_fn` of the static step: q (A, 1, Hq, D), k, v (A, 1, Hkv, D), one new token for each of the
+        A = B * n rows; row r is sample r % n of prompt r // n."""
+        A, _, Hq, D = q.shape
+        B, Hkv = self.prompt_k[layer_idx].shape[:2]
+        G, n = Hq // Hkv, A // B
+        self.response_k[layer_idx].index_copy_(2, step.view(1), k.transpose(1, 2))  # (A, Hkv, 1, D) at `step`
+        self.response_v[layer_idx].index_copy_(2, step.view(1), v.transpose(1, 2))
+        q = q.view(A, Hkv, G, D) * (1.0 / math.sqrt(D))  # (A, Hkv, G, D)
+        out_r, lse_r = attend(q, self.response_k[layer_idx], self.response_v[layer_idx], response_bias)
+        # a prompt's n samples: one (n * G, D) block of queries per KV head against the prompt's one cache
+        q_prompt = q.view(B, n, Hkv, G, D).transpose(1, 2).reshape(B, Hkv, n * G, D)  # (B, Hkv, n * G, D)
+        out_p, lse_p = attend(q_prompt, self.prompt_k[layer_idx], self.prompt_v[layer_idx], self.prompt_bias)
+        out_p = out_p.view(B, Hkv, n, G, D).transpose(1, 2).reshape(A, Hkv, G, D)  # (A, Hkv, G, D)
+        lse_p = lse_p.view(B, Hkv, n, G).transpose(1, 2).reshape(A, Hkv, G)  # (A, Hkv, G)
+        return merge(out_p, lse_p, out_r, lse_r).to(v.dtype).reshape(A, 1, Hq, D)  # (A, 1, Hq, D)

@@ -59,9 +59,8 @@ def shard(x: torch.Tensor, group, dim: int, value=0) -> torch.Tensor:
 
 
 class _GatherSequence(torch.autograd.Function):
-    """All-gather equal chunks along `dim` and drop the padding; backward: own chunk of the grad, right when
-    every rank computes the same loss from the gathered tensor, as the policy loss does from the gathered
-    log-probs."""
+    """All-gather equal chunks along `dim` and drop the padding; backward: own chunk of the grad, right when every rank
+    computes the same loss from the gathered tensor, as the policy loss does from the gathered log-probs."""
 
     @staticmethod
     def forward(ctx, x, group, dim, length):
@@ -215,12 +214,11 @@ class _GatherShares(torch.autograd.Function):
 
 def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
                     group, share_only: bool = False) -> torch.Tensor:
-    """MR-SP stage 1: every rank gets all merged video embeddings (N_tokens, C), in order, each rank having
-    run the vision tower on its share of the temporal groups only. Equal to
-    `model.encode_video(pixel_values_videos, video_grid_thw)`. Differentiable: when the vision tower is
-    trained, each rank's vision gradients come from its own frames and the sum over the SP group is the
-    one-process gradient. With `share_only`, pixel_values_videos holds this rank's rows only
-    (`fetch_video_rows`), not every rank's."""
+    """MR-SP stage 1: every rank gets all merged video embeddings (N_tokens, C), in order, equal to
+    `model.encode_video(pixel_values_videos, video_grid_thw)`, each rank having run the vision tower on its share of the
+    temporal groups only. Differentiable: when the vision tower is trained, each rank's vision gradients come from its
+    own frames and the sum over the SP group is the one-process gradient. With `share_only`, pixel_values_videos holds
+    this rank's rows only (`fetch_video_rows`), not every rank's."""
     visual = model.vision_tower()
     P, rank = dist.get_world_size(group), dist.get_rank(group)
     merge = model.config.spatial_merge_size ** 2  # patch rows per video token
@@ -234,8 +232,7 @@ def parallel_encode(model, pixel_values_videos: torch.Tensor, video_grid_thw: to
         # An empty share must still join the backward all-to-all, so it takes part in autograd
         # whenever the other ranks' shares do.
         trains = torch.is_grad_enabled() and any(p.requires_grad for p in visual.parameters())
-        local = torch.zeros(0, model.config.hidden_size, device=model.device, dtype=model.dtype,
-                            requires_grad=trains)
+        local = torch.zeros(0, model.config.hidden_size, device=model.device, dtype=model.dtype, requires_grad=trains)
     return _GatherShares.apply(local, sizes, group)
 
 
@@ -278,12 +275,11 @@ def encode_videos(model, grids: list[torch.Tensor], pixels: list[torch.Tensor | 
                   parallel: bool = True, holders: list[int] | None = None) -> list[torch.Tensor]:
     """MR-SP stage 1 for a list of videos: one (N_i, C) embedding per video, in order.
 
-    Video i is `pixels[i]` (pixel_values_videos, (rows, D)) with grid `grids[i]` (1, 3). All videos are
-    encoded in one call, their temporal groups split across the SP `group` (parallel=True) or all on this rank
-    (parallel=False, the ablation). `holders`: the SP rank that holds each video's pixels (the others may pass
-    None); each rank then receives only the rows it encodes (`fetch_video_rows`): its share, or every row for
-    the ablation. None: every rank holds every video's pixels. Autograd records the encoding only when grad
-    mode is on and the vision tower is trained.
+    Video i is `pixels[i]` (pixel_values_videos, (rows, D)) with grid `grids[i]` (1, 3). All videos are encoded in one
+    call, their temporal groups split across the SP `group` (parallel=True) or all on this rank (parallel=False, the
+    ablation). `holders`: the SP rank that holds each video's pixels (the others may pass None); each rank then receives
+    only the rows it encodes (`fetch_video_rows`): its share, or every row for the ablation. None: every rank holds
+    every video's pixels. Autograd records the encoding only when grad mode is on and the vision tower is trained.
     """
     grid = torch.cat(grids)  # (videos, 3)
     P, v = dist.get_world_size(group), model.vision_tower().config
@@ -380,13 +376,12 @@ class _SumOverGroup(torch.autograd.Function):
 
 def sp_packed_logprobs(model, packed: Packed, video_embeds: torch.Tensor | None, group, temperature: float = 1.0,
                        with_entropy: bool = False):
-    """`sp_token_logprobs` for shared-prefix packed groups (`minirl.packing`): log-probs (B, R) of the B
-    responses' tokens, right-padded with 0 (`packed.response_slots()`), the same on every rank and
-    differentiable; with `with_entropy`, also the entropies (B, R). The packed row is sharded along its length
-    like any sequence; after Ulysses' all-to-all the grouped attention sees the whole row. A row may score
-    several tokens (the last prompt row scores every response's first token), so outputs are indexed by pick,
-    not by row: each rank scores the picks in its shard and one all-reduce (of zeros elsewhere) gives all of
-    them to every rank. Exact: x + 0 = x, in any order."""
+    """`sp_token_logprobs` for shared-prefix packed groups (`minirl.packing`): log-probs (B, R) of the B responses'
+    tokens, right-padded with 0 (`packed.response_slots()`), the same on every rank and differentiable; with
+    `with_entropy`, also the entropies (B, R). The packed row is sharded along its length like any sequence; after
+    Ulysses' all-to-all the grouped attention sees the whole row. A row may score several tokens (the last prompt row
+    scores every response's first token), so outputs are indexed by pick, not by row: each rank scores the picks in its
+    shard and one all-reduce (of zeros elsewhere) gives all of them to every rank. Exact: x + 0 = x, in any order."""
     P, rank = dist.get_world_size(group), dist.get_rank(group)
     ids, video_rows, mask = shard_video_rows(packed.input_ids, video_embeds, packed.video_mask, group)
     pos = shard(packed.positions.to(model.device), group, dim=2)  # (3, 1, L/P)

@@ -62,6 +62,7 @@ class RolloutConfig:
     max_new_tokens: int = 128
     prefill_chunk: int = 4096
     kv_budget_gib: float = 0.0  # KV cache of one rollout batch; prompts beyond it wait for the next wave (0: no bound)
+    compile: bool = False  # decode (rollout and eval) with the static-shape step under torch.compile (rollout.py)
 
 
 @dataclasses.dataclass
@@ -285,7 +286,7 @@ class Trainer:
                              per_token, self.cfg.rollout.kv_budget_gib * 2**30):
             inputs = [self.prompt_inputs(prompts[i], cache) for i in wave]
             for s in sample(self.rollout_model, inputs, self.params, self.cfg.rollout.prefill_chunk,
-                            seeds=[seeds[i] for i in wave]).samples:
+                            seeds=[seeds[i] for i in wave], compile=self.cfg.rollout.compile).samples:
                 s.prompt_index = wave[s.prompt_index]  # its index among all of this rank's prompts
                 samples.append(s)
         return samples
@@ -495,17 +496,18 @@ def main(argv):
     cfg = config.parse(RLConfig, argv)
     trainer = Trainer(cfg)
     run = trainer.run
+    score = partial(evaluate_run, compile=cfg.rollout.compile)  # the held-out table, decoded as the rollout is
     bar = tqdm(total=cfg.optim.steps, initial=trainer.step_num, desc="rl", disable=trainer.rank != 0)
     while trainer.step_num < cfg.optim.steps:
         metrics = trainer.step()
         bar.update(1)
         step = trainer.step_num
         if run.test and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.optim.steps:
-            metrics.update({f"eval/{k}": v for k, v in evaluate_run(run)["overall"].items()})
+            metrics.update({f"eval/{k}": v for k, v in score(run)["overall"].items()})
         run.log.log(step, metrics, PRINTED)
         if cfg.run.save_every and step % cfg.run.save_every == 0:
             trainer.save()
-    run.finish(trainer.step_num, trainer.state(), "RL", lambda r: evaluate_run(r, show=True))
+    run.finish(trainer.step_num, trainer.state(), "RL", lambda r: score(r, show=True))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The performance figures of MR-SP, each against the path it replaces: one command, five subcommands.
 
-    python -m bench rollout [--json PATH]   our KV-cache sampler vs transformers' generate (bench/sampler.py)
+    python -m bench rollout [--json PATH]   our KV-cache sampler, eager and compiled, vs transformers' generate
+                                            (bench/sampler.py)
     python -m bench sp      [--json PATH]   sequence-parallel prefill + backward: memory and time vs sp
                                             (bench/ulysses.py)
     python -m bench shared  [--json PATH]   the shared prefix in training: an RL step with it on / off, and the

@@ -1,4 +1,5 @@
-"""Our KV-cache sampler vs transformers' generate: time, tokens/s, peak memory, KV-cache bytes.
+"""Our KV-cache sampler, eager and compiled, vs transformers' generate: time, tokens/s, decode ms per step,
+GFLOP/s, peak memory, KV-cache bytes, and what the compile costs.
 
     python -m bench rollout [--prompts 4] [--n 8 1] [--frames 64] [--new-tokens 128] [--json PATH] ...
 
@@ -38,15 +39,21 @@ def add_args(parser):
 
 
 def run(args):
-    """Our sampler vs transformers' generate(num_return_sequences=n), same weights, same prompts.
+    """Our sampler, eager and compiled (`sample(compile=True)`), vs transformers'
+    generate(num_return_sequences=n), same weights, same prompts.
 
-    Both start from the same processor outputs and both pay the vision tower: ours encodes each
+    All start from the same processor outputs and all pay the vision tower: ours encodes each
     video once (the embedding cache) and prefills each prompt once; transformers' generate
     expands every prompt n times, video included, as TRL's non-vLLM path does (4 prompts in one
-    left-padded batch). Temperature 1, no top-k/top-p, no eos: both generate exactly
-    --new-tokens tokens per sample. Runs of the two engines alternate, so a busy machine slows
-    both alike.
+    left-padded batch). Temperature 1, no top-k/top-p, no eos: all generate exactly
+    --new-tokens tokens per sample. Runs of the engines alternate, so a busy machine slows
+    all alike. A decode step's time is (a run of --new-tokens tokens - a run of 1 token) /
+    (--new-tokens - 1): the second run pays the same encode and prefill and decodes nothing. The
+    compiled sampler's first run of each n compiles its step (once per shape); that run is timed
+    apart, and its excess over the steady run is the compile time the table's figures exclude.
     """
+    if args.new_tokens < 2:
+        raise SystemExit("--new-tokens must be >= 2: the table times decode steps")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="minirl-bench-rollout-") as tmp:
         _bench_rollout(args, Path(tmp), torch.device(args.device))
@@ -93,59 +100,84 @@ def _bench_rollout(args, work: Path, device: torch.device):
         assert out.shape == (len(items) * n, longest + new_tokens), out.shape
         return bytes_per_token * out.numel()
 
-    def run_ours(n, new_tokens) -> int:
+    def run_ours(n, new_tokens, compile=False) -> int:
         with torch.no_grad():
             prompts = [prepare_inputs(ours_model, it["input_ids"], it["pixel_values_videos"],
                                       it["video_grid_thw"], it["second_per_grid_ts"]) for it in items]
-        result = sample(ours_model, prompts, SamplingParams(n=n, max_new_tokens=new_tokens, seed=0))
+        result = sample(ours_model, prompts, SamplingParams(n=n, max_new_tokens=new_tokens, seed=0), compile=compile)
         assert all(s.length == new_tokens for s in result.samples)
         return result.prompt_cache_bytes + result.response_cache_bytes
 
-    engines = {"minirl": run_ours, "transformers": run_hf}
-    for fn in engines.values():  # warm-up (allocator, thread pools, lazy imports): prefill + 2 tokens
-        fn(1, 2)
-    rows, speedup, speedup_cpu = [], {}, {}
+    engines = {"minirl": run_ours, "minirl compiled": partial(run_ours, compile=True), "transformers": run_hf}
+    for engine in ("minirl", "transformers"):  # warm-up (allocator, thread pools, lazy imports): prefill + 2
+        engines[engine](1, 2)  # tokens; the compiled sampler's first run of each n is its compile, timed below
+    rows, compiles = [], {}
     shape = memplan.load_shape(str(model_dir))
     peak = flops.matmul_peak_gflops(torch.get_num_threads()) if device.type == "cpu" else None
     for n in args.n:
         # model FLOPs of the rollout (bench/flops.py): each video encoded once, each prompt prefilled once, every
-        # sampled token decoded once: the same for both engines, whatever each computes on top
+        # sampled token decoded once: the same for every engine, whatever each computes on top
         phases = flops.step_flops(shape, [(p, v, [args.new_tokens] * n) for p, v in zip(lengths, video_tokens,
                                                                                          strict=True)])
         gflop = (phases["encode"] + phases["prefill"] + phases["decode"]) / 1e9
+        first_compiled = measure(partial(engines["minirl compiled"], n, args.new_tokens), device)[1]  # compiles
         runs = {engine: [] for engine in engines}  # engine -> [(KV bytes, wall s, CPU s, peak bytes)]
+        no_decode = {engine: [] for engine in engines}  # engine -> [wall s of a 1-token run]
         for _ in range(args.repeats):  # interleaved
             for engine, fn in engines.items():
                 runs[engine].append(measure(partial(fn, n, args.new_tokens), device))
+                no_decode[engine].append(measure(partial(fn, n, 1), device)[1])
         figures = {}
         for engine, rs in runs.items():
             seconds, cpu = statistics.median(r[1] for r in rs), statistics.median(r[2] for r in rs)
+            decode_s = seconds - statistics.median(no_decode[engine])
             figures[engine] = dict(n=n, engine=engine, median_s=seconds, times_s=[r[1] for r in rs],
                                    median_cpu_s=cpu, tokens_per_s=len(items) * n * args.new_tokens / seconds,
                                    peak_mem_mb=max(r[3] for r in rs) / 2**20, kv_cache_mb=rs[0][0] / 2**20,
                                    gflop=gflop, gflops=gflop / seconds,
-                                   of_peak=gflop / seconds / peak if peak else None)
-        speedup[str(n)] = figures["transformers"]["median_s"] / figures["minirl"]["median_s"]
-        speedup_cpu[str(n)] = figures["transformers"]["median_cpu_s"] / figures["minirl"]["median_cpu_s"]
-        rows += [figures["minirl"], figures["transformers"]]
+                                   of_peak=gflop / seconds / peak if peak else None,
+                                   decode_ms_per_step=decode_s / (args.new_tokens - 1) * 1e3,
+                                   decode_gflops=phases["decode"] / 1e9 / decode_s,
+                                   decode_of_peak=phases["decode"] / 1e9 / decode_s / peak if peak else None)
+        for r in figures.values():
+            r["speedup"] = figures["transformers"]["median_s"] / r["median_s"]
+            r["speedup_cpu"] = figures["transformers"]["median_cpu_s"] / r["median_cpu_s"]
+        eager, compiled = figures["minirl"], figures["minirl compiled"]
+        saved_s = (eager["decode_ms_per_step"] - compiled["decode_ms_per_step"]) / 1e3  # per decode step
+        compile_s = first_compiled - compiled["median_s"]
+        compiles[str(n)] = dict(compile_s=compile_s, decode_ratio=eager["decode_ms_per_step"]
+                                / compiled["decode_ms_per_step"],
+                                break_even_steps=compile_s / saved_s if saved_s > 0 else None)
+        rows += list(figures.values())
 
     mem = "peak CUDA alloc" if device.type == "cuda" else "peak RSS added"
-    print(f"\n{'n':>3} {'engine':<13} {'time s':>8} {'CPU s':>7} {'tokens/s':>9} {'GFLOP/s':>8} {'% peak':>7} "
-          f"{mem + ' MB':>20} {'KV cache MB':>12} {'speedup (CPU)':>15}")
+    print(f"\n{'n':>3} {'engine':<16} {'time s':>7} {'CPU s':>7} {'tokens/s':>8} {'GFLOP/s':>8} {'% peak':>7} "
+          f"{'decode ms/step':>14} {'GFLOP/s':>8} {'% peak':>7} {mem + ' MB':>20} {'KV cache MB':>11} "
+          f"{'speedup (CPU)':>14}")
     for r in rows:
-        key = str(r["n"])
-        ratio = f"{speedup[key]:.1f}x {speedup_cpu[key]:.1f}x" if r["engine"] == "minirl" else ""
-        of_peak = f"{100 * r['of_peak']:.1f}%" if r["of_peak"] is not None else "-"
-        print(f"{r['n']:>3} {r['engine']:<13} {r['median_s']:>8.2f} {r['median_cpu_s']:>7.2f} "
-              f"{r['tokens_per_s']:>9.0f} {r['gflops']:>8.2f} {of_peak:>7} {r['peak_mem_mb']:>20.0f} "
-              f"{r['kv_cache_mb']:>12.1f} {ratio:>15}")
+        ratio = f"{r['speedup']:.1f}x {r['speedup_cpu']:.1f}x" if r["engine"] != "transformers" else ""
+        of_peak, decode_of_peak = (f"{100 * r[k]:.1f}%" if r[k] is not None else "-"
+                                   for k in ("of_peak", "decode_of_peak"))
+        print(f"{r['n']:>3} {r['engine']:<16} {r['median_s']:>7.2f} {r['median_cpu_s']:>7.2f} "
+              f"{r['tokens_per_s']:>8.0f} {r['gflops']:>8.2f} {of_peak:>7} {r['decode_ms_per_step']:>14.1f} "
+              f"{r['decode_gflops']:>8.2f} {decode_of_peak:>7} {r['peak_mem_mb']:>20.0f} {r['kv_cache_mb']:>11.1f} "
+              f"{ratio:>14}")
+    for n, c in compiles.items():
+        pays = (f"pays for itself after {c['break_even_steps']:.0f} decode steps of this batch"
+                if c["break_even_steps"] is not None else "never pays for itself here")
+        print(f"n={n}: compiling the static decode step took {c['compile_s']:.1f} s (once per shape); decode "
+              f"{c['decode_ratio']:.2f}x the eager sampler's speed: the compile {pays}.")
     mem_how = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
                else "resident set size polled every 1 ms, peak minus the level at the start of the run")
     print(f"\ntime: median wall time of {args.repeats} interleaved runs, video encoding + prefill + decode; "
           "CPU s: this process's CPU time, all threads (robust to other processes' load); "
+          "decode ms/step: (time - the median time of a 1-token run) / (new tokens - 1), its GFLOP/s of the decode "
+          "FLOPs alone; minirl compiled: the same sampler with its static decode step under torch.compile, its "
+          "compile excluded (compile: the first compiled run's excess over the median; inductor's on-disk cache "
+          "makes a later process's compile of the same shapes shorter); "
           f"speedup = transformers / minirl; {mem}: {mem_how}; KV cache: ours = the tensors allocated, "
           "transformers' = its padded, n-times expanded cache; GFLOP/s: the rollout's model FLOPs (bench/flops.py, "
-          "the same for both engines) / time; % peak: of a dense fp32 matmul on this process's "
+          "the same for every engine) / time; % peak: of a dense fp32 matmul on this process's "
           f"{torch.get_num_threads()} threads{f', {peak:.1f} GFLOP/s' if peak else ''}.")
     if args.json:
         workload = dict(prompts=len(items), prompt_tokens=lengths, video_tokens=video_tokens,
@@ -153,4 +185,4 @@ def _bench_rollout(args, work: Path, device: torch.device):
                         model_size=args.model_size,
                         hidden_size=cfg.hidden_size, device=str(device), threads=torch.get_num_threads(),
                         repeats=args.repeats)
-        write_json(args.json, dict(workload=workload, runs=rows, speedup=speedup, speedup_cpu=speedup_cpu))
+        write_json(args.json, dict(workload=workload, runs=rows, compile=compiles))

@@ -16,8 +16,7 @@ from pathlib import Path
 def _field_type(tp):
     """The concrete type to parse a value into (unwrapping `X | None`)."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0]
+        return next(a for a in typing.get_args(tp) if a is not type(None))
     return tp
 
 
@@ -95,11 +94,8 @@ def parse(cfg_cls, argv: list[str]):
         if not flag.startswith("--"):
             raise ValueError(f"unexpected argument {flag!r}; options are written --section.key value")
         key, eq, value = flag[2:].partition("=")
-        if not eq:
-            if args and not args[0].startswith("--"):
-                value = args.pop(0)
-            else:
-                value = "true"  # a bare flag switches a boolean on; any other type rejects "true"
+        if not eq:  # a bare flag switches a boolean on; any other type rejects "true"
+            value = args.pop(0) if args and not args[0].startswith("--") else "true"
         set_value(cfg, key, value)
     return cfg
 
@@ -110,10 +106,8 @@ def to_dict(cfg) -> dict:
 
 def describe(cfg) -> str:
     """Every section and value, one line each, for the start of a run's log."""
-    lines = []
-    for section, values in to_dict(cfg).items():
-        lines.append(f"[{section}] " + "  ".join(f"{k}={v}" for k, v in values.items()))
-    return "\n".join(lines)
+    return "\n".join(f"[{section}] " + "  ".join(f"{k}={v}" for k, v in values.items())
+                     for section, values in to_dict(cfg).items())
 
 
 # ----------------------------------------------------------------------------- sections shared by the trainers

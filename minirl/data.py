@@ -53,14 +53,10 @@ from minirl.video import (
 logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "You are a helpful assistant."
-INSTRUCTION = (
-    "Think step by step inside <think> </think> tags, "
-    "then give the letter of the correct option inside <answer> </answer> tags."
-)
-INSTRUCTION_OPEN = (
-    "Think step by step inside <think> </think> tags, "
-    "then give the final answer inside <answer> </answer> tags."
-)
+INSTRUCTION = ("Think step by step inside <think> </think> tags, "
+               "then give the letter of the correct option inside <answer> </answer> tags.")
+INSTRUCTION_OPEN = ("Think step by step inside <think> </think> tags, "
+                    "then give the final answer inside <answer> </answer> tags.")
 VIDEO_PAD = "<|video_pad|>"
 PROBLEM_TYPES = {"temporal": "Temporal", "goal": "Goal & Purpose", "spatial": "Spatial", "plot": "Plot & Narrative"}
 ANSWER_TAG = re.compile(r"^\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
@@ -129,8 +125,7 @@ def _parse(row, path, line: int, video_dir: Path) -> Example:
              "write options as [\"A. ...\", \"B. ...\"] or leave the field out")
     for key in ("reasoning", "category", "problem_type"):
         if row.get(key) is not None and not isinstance(row[key], str):
-            fail(f"'{key}' must be a string, got {type(row[key]).__name__}",
-                 f"make '{key}' a string or drop it")
+            fail(f"'{key}' must be a string, got {type(row[key]).__name__}", f"make '{key}' a string or drop it")
     for key in ("id", "problem_id"):
         if key in row and (isinstance(row[key], bool) or not isinstance(row[key], (str, int))):
             fail(f"'{key}' must be a string, got {type(row[key]).__name__}", f"make '{key}' a string or drop it")
@@ -142,16 +137,9 @@ def _parse(row, path, line: int, video_dir: Path) -> Example:
     category = row.get("category")
     if category is None and row.get("problem_type") is not None:
         category = PROBLEM_TYPES.get(row["problem_type"], row["problem_type"])
-    return Example(
-        id=str(row.get("id", row.get("problem_id", f"{Path(path).stem}-{line}"))),
-        problem=problem,
-        answer=answer,
-        video=video_dir / video,
-        options=options,
-        reasoning=row.get("reasoning"),
-        category=category,
-        row=row,
-    )
+    return Example(id=str(row.get("id", row.get("problem_id", f"{Path(path).stem}-{line}"))), problem=problem,
+                   answer=answer, video=video_dir / video, options=options, reasoning=row.get("reasoning"),
+                   category=category, row=row)
 
 
 def load_jsonl(path, video_dir=None) -> list[Example]:
@@ -221,10 +209,8 @@ def fit_sampling(example: Example, processor, sampling: FrameSampling, max_promp
     step = vp.temporal_patch_size
     groups = (max_prompt_tokens - text_tokens) // tokens(step)
     if groups < 1:
-        raise PromptTooLong(
-            f"{example.id}: {text_tokens} text tokens + {tokens(step)} tokens for the minimum {step} frames "
-            f"exceed max_prompt_tokens={max_prompt_tokens}; raise it or lower max_pixels"
-        )
+        raise PromptTooLong(f"{example.id}: {text_tokens} text tokens + {tokens(step)} tokens for the minimum {step} "
+                            f"frames exceed max_prompt_tokens={max_prompt_tokens}; raise it or lower max_pixels")
     fewer = groups * step
     logger.info("%s: %d frames (%d tokens) exceed max_prompt_tokens=%d, using %d frames",
                 example.id, n, text_tokens + tokens(n), max_prompt_tokens, fewer)
@@ -240,16 +226,8 @@ def _video_inputs(example: Example, processor, sampling: FrameSampling, max_prom
     vision = process_video(processor, video.frames, video.sampled_fps, fitted.min_pixels, fitted.max_pixels)
     num_tokens = int(vision["video_grid_thw"].prod()) // processor.video_processor.merge_size**2
     prompt_ids = encode_prompt(processor, build_prompt(example.problem, example.options), num_tokens)
-    return dict(
-        prompt_ids=prompt_ids,
-        **vision,
-        id=example.id,
-        answer=example.answer,
-        category=example.category,
-        num_frames=len(video.indices),
-        frames_reduced=fitted is not sampling,
-        timestamps=video.timestamps,
-    )
+    return dict(prompt_ids=prompt_ids, **vision, id=example.id, answer=example.answer, category=example.category,
+                num_frames=len(video.indices), frames_reduced=fitted is not sampling, timestamps=video.timestamps)
 
 
 def sft_example(example: Example, processor, sampling: FrameSampling, max_prompt_tokens: int,
@@ -285,12 +263,8 @@ def split_sft_item(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def frame_sampling(data_cfg) -> FrameSampling:
     """The FrameSampling a DataConfig asks for."""
-    return FrameSampling(
-        num_frames=data_cfg.frames or None,
-        fps=None if data_cfg.frames else data_cfg.fps,
-        max_frames=data_cfg.max_frames,
-        max_pixels=data_cfg.max_pixels or None,
-    )
+    return FrameSampling(num_frames=data_cfg.frames or None, fps=None if data_cfg.frames else data_cfg.fps,
+                         max_frames=data_cfg.max_frames, max_pixels=data_cfg.max_pixels or None)
 
 
 def load_dataset(path, video_dir, bad_videos: str = "error") -> list[Example]:
@@ -314,8 +288,7 @@ def load_dataset(path, video_dir, bad_videos: str = "error") -> list[Example]:
     if bad_videos != "drop":
         raise ValueError(f"data.bad_videos must be 'error' or 'drop', got {bad_videos!r}")
     kept = [ex for ex in examples if ex.video not in bad]
-    print(f"{path}: dropped {len(examples) - len(kept)} example(s) with unreadable videos:\n{listing}",
-          file=sys.stderr)
+    print(f"{path}: dropped {len(examples) - len(kept)} example(s) with unreadable videos:\n{listing}", file=sys.stderr)
     return kept
 
 
@@ -328,8 +301,4 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
 def global_indices(num_examples: int, seed: int, start: int, count: int) -> list[int]:
     """Dataset indices at global positions [start, start + count) of the seeded epoch stream. The data
     position is one integer, so resume is exact and independent of the rank layout."""
-    out = []
-    for pos in range(start, start + count):
-        epoch, i = divmod(pos, num_examples)
-        out.append(epoch_order(num_examples, seed, epoch)[i])
-    return out
+    return [epoch_order(num_examples, seed, p // num_examples)[p % num_examples] for p in range(start, start + count)]

@@ -41,19 +41,13 @@ def validate_layout(world: int, dp: int, sp: int, num_heads: int | None = None,
     if dp < 1 or sp < 1:
         raise ValueError(f"dp={dp} and sp={sp} must both be >= 1")
     if dp * sp != world:
-        raise ValueError(
-            f"dp={dp} x sp={sp} = {dp * sp} does not equal the world size {world}: launch "
-            f"{dp * sp} processes, or choose sp from {_divisors(world)} and dp = {world} / sp"
-        )
+        raise ValueError(f"dp={dp} x sp={sp} = {dp * sp} does not equal the world size {world}: launch "
+                         f"{dp * sp} processes, or choose sp from {_divisors(world)} and dp = {world} / sp")
     if num_heads is not None and num_heads % sp:
-        raise ValueError(
-            f"sp={sp} does not divide num_heads={num_heads}: Ulysses gives each rank num_heads/sp "
-            f"attention heads; choose sp from {_divisors(num_heads)}"
-        )
+        raise ValueError(f"sp={sp} does not divide num_heads={num_heads}: Ulysses gives each rank num_heads/sp "
+                         f"attention heads; choose sp from {_divisors(num_heads)}")
     if num_heads is not None and num_kv_heads is not None and num_heads % num_kv_heads:
-        raise ValueError(
-            f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}: not a GQA model config"
-        )
+        raise ValueError(f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}: not a GQA model config")
 
 
 def init_distributed(sp: int = 1):
@@ -68,11 +62,9 @@ def init_distributed(sp: int = 1):
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dp = world // sp if 0 < sp <= world else 1  # a wrong sp makes dp * sp != world: a named error
     validate_layout(world, dp, sp)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
     if torchrun:
         dist.init_process_group(backend)  # MASTER_ADDR / MASTER_PORT from torchrun
     else:
@@ -84,9 +76,7 @@ def init_distributed(sp: int = 1):
 def shard_model(model: QwenVL, device, dtype: torch.dtype = torch.float32) -> QwenVL:
     """Apply FSDP2 over every rank (see the module docstring). The weights stay fp32 (master weights, AdamW
     state); forwards run in `dtype`, gradients are reduced in fp32."""
-    world = dist.get_world_size()
-    mesh = init_device_mesh(device.type, (world,))
-    kw = dict(mesh=mesh)
+    kw = dict(mesh=init_device_mesh(device.type, (dist.get_world_size(),)))
     if dtype != torch.float32:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     ignored = set(model.visual.parameters()) if model.visual is not None else set()
@@ -118,13 +108,12 @@ def sync_replicated_grads(model: QwenVL):
 
 
 def sync_weights(copy: QwenVL, model) -> None:
-    """Copy the current (sharded) weights of `model` into the plain `copy` the sampler decodes with. Strict: a
-    key missing on either side or a shape that differs is an error naming it, never a weight silently left
-    stale. The copy may be in a lower dtype (`copy_` casts). One tensor at a time: a sharded weight is
-    all-gathered, cast into the copy and dropped before the next, so the sync adds at most one full fp32
-    tensor (the embedding) to the copy, never the whole fp32 model that a full state dict gathers on every
-    rank (8.29B x 4 bytes = 31 GiB for 7B: the memory plan's `sync_gather`). Every rank gathers the same
-    tensors in the same order."""
+    """Copy the current (sharded) weights of `model` into the plain `copy` the sampler decodes with. Strict: a key
+    missing on either side or a shape that differs is an error naming it, never a weight silently left stale. The copy
+    may be in a lower dtype (`copy_` casts). One tensor at a time: a sharded weight is all-gathered, cast into the copy
+    and dropped before the next, so the sync adds at most one full fp32 tensor (the embedding) to the copy, never the
+    whole fp32 model that a full state dict gathers on every rank (8.29B x 4 bytes = 31 GiB for 7B: the memory plan's
+    `sync_gather`). Every rank gathers the same tensors in the same order."""
     source, target = model.state_dict(), copy.state_dict()
     problems = []
     if missing := [k for k in target if k not in source]:

@@ -28,10 +28,9 @@ def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = EP
     scale = "group": the group's std (GRPO); "batch": the std of all rewards (more stable when groups are
     tiny); "none": no division (Dr. GRPO: the std division biases toward easy and hard questions).
 
-    A group whose rewards are all equal gets exactly 0.0, for every scale. Arithmetic cannot promise that:
-    eight samples scoring 0.9 have a float32 mean off by ~6e-8 and a std of the same ~6e-8, so
-    (r - mean) / (std + eps) is +0.056 for all eight and pushes the whole group one way. Such groups are
-    detected (max == min) and zeroed instead.
+    A group whose rewards are all equal gets exactly 0.0, for every scale. Arithmetic cannot promise that: eight samples
+    scoring 0.9 have a float32 mean off by ~6e-8 and a std of the same ~6e-8, so (r - mean) / (std + eps) is +0.056 for
+    all eight and pushes the whole group one way. Such groups are detected (max == min) and zeroed instead.
     """
     centered = rewards - rewards.mean(dim=1, keepdim=True)
     if scale == "group":
@@ -128,9 +127,8 @@ def aggregate(token_values, mask, mode: str, global_tokens: float, global_seqs: 
         if not max_response_len:
             raise ValueError("seq-mean-token-sum-norm needs max_response_len (rollout.max_new_tokens)")
         return (token_values * mask).sum() / (max(global_seqs, 1.0) * max_response_len)
-    raise ValueError(
-        f"loss aggregation must be 'token-mean', 'seq-mean-token-mean' or 'seq-mean-token-sum-norm', got {mode!r}"
-    )
+    raise ValueError(f"loss aggregation must be 'token-mean', 'seq-mean-token-mean' or 'seq-mean-token-sum-norm', "
+                     f"got {mode!r}")
 
 
 def grpo_loss(logp, old_logp, advantages, mask, *, ref_logp=None, kl_coef: float = 0.0, kl_kind: str = "k3",
@@ -145,13 +143,8 @@ def grpo_loss(logp, old_logp, advantages, mask, *, ref_logp=None, kl_coef: float
     loss = pg_loss
     m = mask.bool()
     logp_d = logp.detach()
-    metrics = {
-        "tokens": float(m.sum()),
-        "clipfrac_low": float(low[m].sum()),
-        "clipfrac_high": float(high[m].sum()),
-        "approx_kl": float((0.5 * (logp_d - old_logp).square())[m].sum()),
-        "pg_loss": float(pg_loss.detach()),
-    }
+    metrics = {"tokens": float(m.sum()), "clipfrac_low": float(low[m].sum()), "clipfrac_high": float(high[m].sum()),
+               "approx_kl": float((0.5 * (logp_d - old_logp).square())[m].sum()), "pg_loss": float(pg_loss.detach())}
     if kl_coef > 0.0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs reference log-probs")

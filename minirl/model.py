@@ -88,8 +88,7 @@ def check_config(hf_config) -> None:
     if text.use_sliding_window:
         refuse("use_sliding_window", True, "every layer attends to the whole prefix",
                "set use_sliding_window to false in config.json, as Qwen2.5-VL checkpoints ship it")
-    sliding = [i for i, kind in enumerate(text.layer_types or []) if kind != "full_attention"]
-    if sliding:
+    if sliding := [i for i, kind in enumerate(text.layer_types or []) if kind != "full_attention"]:
         refuse(f"layer_types[{sliding[0]}]", text.layer_types[sliding[0]], "every layer is full attention",
                "set every layer_types entry to 'full_attention' in config.json")
     if text.attention_dropout:
@@ -122,18 +121,12 @@ def parse_config(hf_config) -> TextConfig:
         raise ValueError(f"mrope_section {section} must sum to head_dim/2 = {head_dim // 2}")
     eos = text.eos_token_id if text.eos_token_id is not None else getattr(hf_config, "eos_token_id", None)
     return TextConfig(
-        vocab_size=text.vocab_size,
-        hidden_size=text.hidden_size,
-        intermediate_size=text.intermediate_size,
-        num_layers=text.num_hidden_layers,
-        num_heads=text.num_attention_heads,
-        num_kv_heads=text.num_key_value_heads or text.num_attention_heads,
-        rms_norm_eps=text.rms_norm_eps,
-        rope_theta=rope.get("rope_theta", 10000.0),
-        mrope_section=section,
+        vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
+        num_layers=text.num_hidden_layers, num_heads=text.num_attention_heads,
+        num_kv_heads=text.num_key_value_heads or text.num_attention_heads, rms_norm_eps=text.rms_norm_eps,
+        rope_theta=rope.get("rope_theta", 10000.0), mrope_section=section,
         tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
-        eos_token_id=eos[0] if isinstance(eos, list) else eos,
-        pad_token_id=text.pad_token_id,
+        eos_token_id=eos[0] if isinstance(eos, list) else eos, pad_token_id=text.pad_token_id,
         video_token_id=getattr(hf_config, "video_token_id", None),
         vision_start_token_id=getattr(hf_config, "vision_start_token_id", None),
         spatial_merge_size=vision.spatial_merge_size if vision is not None else 2,
@@ -144,12 +137,8 @@ def parse_config(hf_config) -> TextConfig:
 # ----------------------------------------------------------------------------- positions
 
 
-def rope_index(
-    input_ids: torch.Tensor,
-    video_grid_thw: torch.Tensor | None,
-    second_per_grid_ts: torch.Tensor | None,
-    cfg: TextConfig,
-) -> torch.Tensor:
+def rope_index(input_ids: torch.Tensor, video_grid_thw: torch.Tensor | None, second_per_grid_ts: torch.Tensor | None,
+               cfg: TextConfig) -> torch.Tensor:
     """3-D M-RoPE position ids (3, L) of one unpadded sequence, exactly as transformers 5.23. Text tokens
     advance t, h, w together by one. A video's tokens form a (T, H/m, W/m) grid from the current position p:
     t = p + floor(i * tokens_per_second * second_per_grid), h = p + row, w = p + col; the text after it
@@ -172,15 +161,12 @@ def rope_index(
             t, h, w = (int(x) for x in video_grid_thw[video_idx])
             h, w = h // m, w // m
             if end - start != t * h * w:
-                raise ValueError(
-                    f"video {video_idx} has {end - start} <|video_pad|> tokens but its grid {t}x{h}x{w} "
-                    f"needs {t * h * w}: the prompt and pixel_values_videos come from different videos"
-                )
+                raise ValueError(f"video {video_idx} has {end - start} <|video_pad|> tokens but its grid {t}x{h}x{w} "
+                                 f"needs {t * h * w}: the prompt and pixel_values_videos come from different videos")
             spg = 1.0 if second_per_grid_ts is None else float(second_per_grid_ts[video_idx])
             interval = torch.tensor(cfg.tokens_per_second * spg)
             tt = (torch.arange(t) * interval).long() + pos
-            hh = torch.arange(h) + pos
-            ww = torch.arange(w) + pos
+            hh, ww = torch.arange(h) + pos, torch.arange(w) + pos
             grid = torch.stack(torch.meshgrid(tt, hh, ww, indexing="ij"))  # (3, t, h, w)
             chunks.append(grid.reshape(3, -1))
             pos += max(h, w)
@@ -224,9 +210,8 @@ def sdpa_attention(q, k, v, layer_idx=None):
     """Causal attention over (B, L, H, D) tensors with GQA; the default `attn_fn`."""
     if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         return flash_attn_func(q, k, v, causal=True)
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
-    )  # (B, Hq, L, D)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                         enable_gqa=True)  # (B, Hq, L, D)
     return out.transpose(1, 2)
 
 
@@ -309,9 +294,7 @@ class QwenVL(nn.Module):
         self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
         self.visual = None
         if getattr(hf_config, "vision_config", None) is not None:
-            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-                Qwen2_5_VisionTransformerPretrainedModel,
-            )
+            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
             self.visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(hf_config.vision_config)
         self.gradient_checkpointing = False
@@ -332,11 +315,10 @@ class QwenVL(nn.Module):
 
     def encode_video(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
                      max_patches: int = VISION_CHUNK) -> torch.Tensor:
-        """Merged video-token embeddings (N_tokens, hidden) for one or more videos, in order. Without grad,
-        more than `max_patches` patches go through the tower in runs of whole temporal groups of at most that
-        many (one group if a group alone is larger): its attention never crosses a temporal group, so the
-        result is the same while the activations are a run's, not an hour-long video's (7B: ~70 KB of fp32 per
-        patch, 1M patches at 3,600 frames)."""
+        """Merged video-token embeddings (N_tokens, hidden) for one or more videos, in order. Without grad, more than
+        `max_patches` patches go through the tower in runs of whole temporal groups of at most that many (one group if a
+        group alone is larger): its attention never crosses a temporal group, so the result is the same while the
+        activations are a run's, not an hour-long video's (7B: ~70 KB of fp32 per patch, 1M patches at 3,600 frames)."""
         pixels = pixel_values_videos.to(self.device, self.vision_tower().dtype)
         if torch.is_grad_enabled() or len(pixels) <= max_patches:
             return self.visual(pixels, grid_thw=video_grid_thw.to(self.device)).pooler_output.to(self.dtype)
@@ -394,8 +376,7 @@ class QwenVL(nn.Module):
         return self.lm_head(hidden).float()
 
 
-def prepare_inputs(model: QwenVL, input_ids, pixel_values_videos=None, video_grid_thw=None,
-                   second_per_grid_ts=None):
+def prepare_inputs(model: QwenVL, input_ids, pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None):
     """(inputs_embeds (1, L, C), position_ids (3, 1, L)) for one unpadded sequence."""
     video_embeds = None
     if pixel_values_videos is not None:
@@ -417,10 +398,7 @@ def generate(model: QwenVL, inputs_embeds, position_ids, max_new_tokens: int, te
     for _ in range(max_new_tokens):
         logits = model.logits(model(embeds, positions)[:, -1])[0]  # (V,)
         logp = torch.log_softmax(logits / (1.0 if greedy else temperature), dim=-1)
-        if greedy:
-            token = int(logits.argmax())
-        else:
-            token = int(torch.multinomial(logp.exp(), 1, generator=generator))
+        token = int(logits.argmax()) if greedy else int(torch.multinomial(logp.exp(), 1, generator=generator))
         tokens.append(token)
         logprobs.append(float(logp[token]))
         if token in stop_token_ids:
@@ -435,13 +413,8 @@ def generate(model: QwenVL, inputs_embeds, position_ids, max_new_tokens: int, te
 # ----------------------------------------------------------------------------- checkpoints
 
 # Hugging Face key prefix -> our module prefix, for both layouts (and text-only Qwen2).
-_PREFIXES = [
-    ("model.language_model.", ""),
-    ("model.visual.", "visual."),
-    ("visual.", "visual."),
-    ("model.", ""),
-    ("lm_head.", "lm_head."),
-]
+_PREFIXES = [("model.language_model.", ""), ("model.visual.", "visual."), ("visual.", "visual."), ("model.", ""),
+             ("lm_head.", "lm_head.")]
 
 
 def hf_to_ours(key: str) -> str:
@@ -460,10 +433,7 @@ def read_checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
         files = ["model.safetensors"]
     else:
         raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json found")
-    tensors = {}
-    for f in files:
-        tensors.update(load_file(path / f))
-    return tensors
+    return {k: v for f in files for k, v in load_file(path / f).items()}
 
 
 def load_model(path, dtype=torch.float32, device="cpu") -> QwenVL:
@@ -478,8 +448,7 @@ def load_model(path, dtype=torch.float32, device="cpu") -> QwenVL:
         state.pop("lm_head.weight", None)  # tied: the embedding is the head
     expected = {k: v for k, v in model.state_dict().items() if not (
         model.config.tie_word_embeddings and k == "lm_head.weight")}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model config: missing tensors {missing[:10]}"
                          f"{' ...' if len(missing) > 10 else ''}, unexpected tensors {unexpected[:10]}"
@@ -508,9 +477,8 @@ def hf_state_dict(model: QwenVL, state: dict | None = None) -> dict[str, torch.T
 
 
 def save_pretrained(model: QwenVL, path, max_shard_bytes: int = 5 * 2**30, state_dict: dict | None = None):
-    """Write config.json + safetensors (sharded with an index when large) that transformers loads.
-    `state_dict` (our key names) overrides the model's own tensors, e.g. a full state dict gathered from an
-    FSDP-sharded model."""
+    """Write config.json + safetensors (sharded with an index when large) that transformers loads. `state_dict` (our key
+    names) overrides the model's own tensors, e.g. a full state dict gathered from an FSDP-sharded model."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in hf_state_dict(model, state_dict).items()}

@@ -1,42 +1,35 @@
 """Rewards: the format reward, answer extraction and accuracy, and user reward plug-ins.
 
-Every reward function has the signature `fn(response: str, answer: str, example: dict) -> float`,
-where `example` is the dataset row (its `options`, `category`, any extra keys). The default is
-`reward` = 0.9 * accuracy + 0.1 * format. A user reward plugs in as `--reward file.py:function`
-through `load_reward_fn`.
+Every reward function has the signature `fn(response: str, answer: str, example: dict) -> float`, where `example` is the
+dataset row (its `options`, `category`, any extra keys). The default is `reward` = 0.9 * accuracy + 0.1 * format. A user
+reward plugs in as `--reward file.py:function` through `load_reward_fn`.
 
-The built-in rewards never raise, whatever the response string holds (a hypothesis fuzz test
-checks it), and every regex here is linear-time, so an adversarial response cannot stall a
-rollout.
+The built-in rewards never raise, whatever the response string holds (a hypothesis fuzz test checks it), and every regex
+here is linear-time, so an adversarial response cannot stall a rollout.
 
 The grammar of an answer. Accuracy reads the content of the last `<answer>...</answer>` (else
 what follows an unclosed `<answer>`, else the whole response), by the kind of ground truth:
 
-- A letter (multiple choice): the answer must name exactly one option, affirmatively.
-  Options are named by letter ("B", "(b)", "**B**", "B. yellow circle", "b) ...", "Answer: B",
-  "the answer is b.", "I pick option B", "B is right") or by text ("the yellow circle" for
-  "B. yellow circle"; case, punctuation and articles ignored). A lower-case letter names an
-  option only with a mark beside it ("b.", "(b)", "b)", or last in the answer), and "A" / "I"
-  followed by a word are English, so neither "a yellow circle" nor "I think" names one.
-  Every name in the answer counts, and
-  * a negated name is no choice and is skipped: "option A is wrong", "not A", "rule out (A)",
-    "A cannot be", "not the red circle" -- so "Option A is wrong." is nothing and "option A is
-    wrong, so the answer is B" is B;
+- A letter (multiple choice): the answer must name exactly one option, affirmatively. Options are named by letter ("B",
+  "(b)", "**B**", "B. yellow circle", "b) ...", "Answer: B", "the answer is b.", "I pick option B", "B is right") or by
+  text ("the yellow circle" for "B. yellow circle"; case, punctuation and articles ignored). A lower-case letter names
+  an option only with a mark beside it ("b.", "(b)", "b)", or last in the answer), and "A" / "I" followed by a word are
+  English, so neither "a yellow circle" nor "I think" names one. Every name in the answer counts, and
+  * a negated name is no choice and is skipped: "option A is wrong", "not A", "rule out (A)", "A cannot be", "not the
+    red circle" -- so "Option A is wrong." is nothing and "option A is wrong, so the answer is B" is B;
   * a list of letters is nothing: "A, B, C, or D", "A or B", "b and c", "A/B";
   * names of two options are nothing: "A. no, the answer is B", "B. red circle" (C's text).
   The one option named must be among the row's options (its `options`, else the "A. ..." lines
   of its `problem`, as in the official LongVideo-Reason rows; A-D when it has none, or up to the
   truth's letter).
-- A number: the answer must hold exactly one number ("1,000" is one), not negated, whose value
-  equals the truth's exactly: "7.0" is 7, "6.95" and "7.07" are not, "between 2 and 7" and
-  "3, 4, or 7" are nothing.
+- A number: the answer must hold exactly one number ("1,000" is one), not negated, whose value equals the truth's
+  exactly: "7.0" is 7, "6.95" and "7.07" are not, "between 2 and 7" and "3, 4, or 7" are nothing.
 - Anything else: equality after normalisation (lower case, no punctuation, no a/an/the); an
   answer that normalises to nothing is never right.
 
-So no response is rewarded under two different truths of its question's kind, and none that
-names a wrong option is: both are hypothesis properties in tests/test_reward.py. Negation is
-read from a fixed word list; a rejection phrased otherwise ("B is out.") is read as a choice --
-tests/test_reward.py lists the phrasings covered.
+So no response is rewarded under two different truths of its question's kind, and none that names a wrong option is:
+both are hypothesis properties in tests/test_reward.py. Negation is read from a fixed word list; a rejection phrased
+otherwise ("B is out.") is read as a choice -- tests/test_reward.py lists the phrasings covered.
 """
 
 import importlib.util
@@ -98,8 +91,7 @@ def format_reward(response: str) -> float:
 
 def extract_answer(response: str) -> str:
     """The content of the last `<answer>...</answer>`; else what follows an unclosed `<answer>`; else all."""
-    found = ANSWER.findall(response)
-    if found:
+    if found := ANSWER.findall(response):
         return found[-1].strip()
     if "<answer>" in response:
         return response.rsplit("<answer>", 1)[1].strip()

@@ -1,19 +1,17 @@
 """One set-up and one end for both trainers: what a run holds, its checkpoints, its log.
 
-`start_run` builds everything a training run needs, in one order for SFT and RL: the process
-group and mesh, fp32 master weights sharded with FSDP2, an unsharded copy in the compute dtype
-(the weights the sampler decodes with, for rollouts and evaluation), the reference model when
-asked, the processor, AdamW with warmup + cosine, the datasets (every video probed up front),
-the metrics log, and the state of the newest checkpoint when resuming. `Run.finish` ends it:
-the last checkpoint, the Hugging Face export and the final evaluation.
+`start_run` builds everything a training run needs, in one order for SFT and RL: the process group and mesh, fp32 master
+weights sharded with FSDP2, an unsharded copy in the compute dtype (the weights the sampler decodes with, for rollouts
+and evaluation), the reference model when asked, the processor, AdamW with warmup + cosine, the datasets (every video
+probed up front), the metrics log, and the state of the newest checkpoint when resuming. `Run.finish` ends it: the last
+checkpoint, the Hugging Face export and the final evaluation.
 
-Checkpoints are atomic and resume is exact. A checkpoint is a directory `step-000040/` holding
-the full (unsharded) model and optimizer state, the scheduler, every rank's RNG states, the
-step and the trainer's own state (its data position). It is written into `.tmp-step-000040/`
-first and renamed into place only once complete, so a kill in the middle of a save leaves the
-previous checkpoint untouched and the partial one ignored. Full state dicts are gathered with
-torch.distributed.checkpoint's state-dict helpers, which work the same for a plain module and
-an FSDP2-sharded one, so a run can resume on a different number of ranks.
+Checkpoints are atomic and resume is exact. A checkpoint is a directory `step-000040/` holding the full (unsharded)
+model and optimizer state, the scheduler, every rank's RNG states, the step and the trainer's own state (its data
+position). It is written into `.tmp-step-000040/` first and renamed into place only once complete, so a kill in the
+middle of a save leaves the previous checkpoint untouched and the partial one ignored. Full state dicts are gathered
+with torch.distributed.checkpoint's state-dict helpers, which work the same for a plain module and an FSDP2-sharded one,
+so a run can resume on a different number of ranks.
 """
 
 import contextlib
@@ -184,12 +182,10 @@ class MetricsLog:
         self.path = Path(out_dir) / "metrics.jsonl"
         self.tb = None
         if rank == 0 and tensorboard:
-            try:
+            with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
-            except ImportError:
-                self.tb = None
 
     def log(self, step: int, metrics: dict, keys_to_print=None):
         if self.rank != 0:
@@ -243,12 +239,8 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra:
         tmp.mkdir(parents=True)
         torch.save(model_state, tmp / "model.pt")
         torch.save(optim_state, tmp / "optimizer.pt")
-        torch.save({
-            "step": step,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_states,
-            "extra": extra or {},
-        }, tmp / "trainer.pt")
+        torch.save({"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": rng_states, "extra": extra or {}}, tmp / "trainer.pt")
         if final.exists():  # re-saving the same step: move the old one out of the way first
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -259,8 +251,7 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra:
 
 def latest_checkpoint(run_dir) -> Path | None:
     """The newest complete checkpoint in run_dir (partial `.tmp-*` directories are ignored)."""
-    run_dir = Path(run_dir)
-    done = sorted(p for p in run_dir.glob("step-*") if (p / "trainer.pt").exists())
+    done = sorted(p for p in Path(run_dir).glob("step-*") if (p / "trainer.pt").exists())
     return done[-1] if done else None
 
 
@@ -301,4 +292,3 @@ def export_hf(model, out_dir, source_dir):
         os.replace(tmp, out_dir)
     if dist.is_initialized():
         dist.barrier()
-    return out_dir

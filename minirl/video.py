@@ -15,10 +15,9 @@ Policies, stated once:
 - The frame count is rounded *down* to a multiple of the temporal patch size (2), so the temporal patches are
   made of real, distinct frames; the minimum is 2 (a one-frame video has its frame repeated). More frames than
   the video has are never invented: n is capped at the frame count first.
-- The per-frame pixel budget is Qwen's smart_resize: both sides multiples of 28 (patch 14 x merge 2), aspect
-  ratio kept, min_pixels <= H*W <= max_pixels (None = the processor's own `size`). The processor's
-  *total*-video pixel cap (`cap_pixels_per_frame`) is turned off: the total is ours to budget, by frame count
-  (see `minirl.data`).
+- The per-frame pixel budget is Qwen's smart_resize: both sides multiples of 28 (patch 14 x merge 2), aspect ratio kept,
+  min_pixels <= H*W <= max_pixels (None = the processor's own `size`). The processor's *total*-video pixel cap
+  (`cap_pixels_per_frame`) is turned off: the total is ours to budget, by frame count (see `minirl.data`).
 - A file that cannot be decoded raises `VideoError` naming it. Nothing is ever substituted.
 """
 
@@ -39,8 +38,7 @@ class VideoError(OSError):
     UnidentifiedImageError: callers that skip unreadable files catch both."""
 
     def __init__(self, path, reason: str):
-        self.path = str(path)
-        self.reason = reason
+        self.path, self.reason = str(path), reason
         super().__init__(f"cannot read video {self.path}: {reason}")
 
 
@@ -61,9 +59,8 @@ class VideoMeta:
 
 @dataclass(frozen=True)
 class FrameSampling:
-    """How frames are taken from a video and how many pixels each may keep. Exactly one of `num_frames`
-    (uniform over the whole video) and `fps` (frames per second of video, at most `max_frames`, still spread
-    uniformly) is set."""
+    """How frames are taken from a video and how many pixels each may keep. Exactly one of `num_frames` (uniform over
+    the whole video) and `fps` (frames per second of video, at most `max_frames`, still spread uniformly) is set."""
 
     num_frames: int | None = 16
     fps: float | None = None
@@ -128,10 +125,7 @@ def probe(path) -> VideoMeta:
 def num_sampled_frames(total_frames: int, video_fps: float, sampling: FrameSampling,
                        temporal_patch_size: int = 2) -> int:
     """How many frames `sampling` takes from a video, after the caps and the even rounding."""
-    if sampling.num_frames is not None:
-        n = sampling.num_frames
-    else:
-        n = math.floor(total_frames / video_fps * sampling.fps)
+    n = sampling.num_frames if sampling.num_frames is not None else math.floor(total_frames / video_fps * sampling.fps)
     n = min(n, sampling.max_frames, total_frames)
     n -= n % temporal_patch_size
     return max(n, temporal_patch_size)
@@ -162,18 +156,16 @@ def read_video(path, sampling: FrameSampling, temporal_patch_size: int = 2,
         raise VideoError(path, f"decoding failed: {str(e).strip().splitlines()[0]}") from e
     if frames.shape[0] != len(indices):
         raise VideoError(path, f"asked for {len(indices)} frames, decoder returned {frames.shape[0]}")
-    sampled_fps = len(indices) / meta.duration
-    return DecodedVideo(frames, indices, indices / meta.fps, sampled_fps, meta)
+    return DecodedVideo(frames, indices, indices / meta.fps, len(indices) / meta.duration, meta)
 
 
 class FrameCache:
     """The decoded frames of videos read before, up to `max_mb` MB, least recently used out first.
 
-    On short clips decoding is most of an SFT step's data time (decord seeks to every sampled frame), and a
-    video's frames for one sampling never change, so every epoch after the first can reuse them: the synthetic
-    benchmark's 32 frames of 56x56 are 0.3 MB a video. Off (0 MB) by default: one hour-long video at 448 px is
-    over 600 MB. Every file's `probe` is kept too (a few bytes; opening the file for it cost 3 ms an item, a
-    tenth of a cached SFT step).
+    On short clips decoding is most of an SFT step's data time (decord seeks to every sampled frame), and a video's
+    frames for one sampling never change, so every epoch after the first can reuse them: the synthetic benchmark's 32
+    frames of 56x56 are 0.3 MB a video. Off (0 MB) by default: one hour-long video at 448 px is over 600 MB. Every
+    file's `probe` is kept too (a few bytes; opening the file for it cost 3 ms an item, a tenth of a cached SFT step).
     """
 
     def __init__(self, max_mb: float):
@@ -210,10 +202,8 @@ def _video_processor(processor):
 
 def _size(video_processor, min_pixels: int | None, max_pixels: int | None) -> dict:
     size = video_processor.size
-    return {
-        "shortest_edge": size["shortest_edge"] if min_pixels is None else min_pixels,
-        "longest_edge": size["longest_edge"] if max_pixels is None else max_pixels,
-    }
+    return {"shortest_edge": size["shortest_edge"] if min_pixels is None else min_pixels,
+            "longest_edge": size["longest_edge"] if max_pixels is None else max_pixels}
 
 
 def frame_size(height: int, width: int, processor, min_pixels: int | None = None,
@@ -221,8 +211,7 @@ def frame_size(height: int, width: int, processor, min_pixels: int | None = None
     """The (height, width) every frame is resized to by the video processor."""
     vp = _video_processor(processor)
     size = _size(vp, min_pixels, max_pixels)
-    factor = vp.patch_size * vp.merge_size
-    return smart_resize(height, width, factor=factor, min_pixels=size["shortest_edge"],
+    return smart_resize(height, width, factor=vp.patch_size * vp.merge_size, min_pixels=size["shortest_edge"],
                         max_pixels=size["longest_edge"])
 
 
@@ -251,10 +240,9 @@ def process_video(processor, frames: np.ndarray, sampled_fps: float, min_pixels:
                   max_pixels: int | None = None, frames_per_call: int = FRAMES_PER_CALL) -> dict:
     """Run the checkpoint's video processor on decoded frames.
 
-    frames: (T, H, W, 3) uint8. Returns `pixel_values_videos` (N, 3*2*14*14) float32 with
-    N = T/2 * H'/14 * W'/14 patches, `video_grid_thw` (1, 3) int64 and `second_per_grid_ts` (1,)
-    float32 = temporal_patch_size / sampled_fps, the seconds one temporal patch spans, which Qwen2.5-VL's
-    M-RoPE uses to place video tokens in absolute time.
+    frames: (T, H, W, 3) uint8. Returns `pixel_values_videos` (N, 3*2*14*14) float32 with N = T/2 * H'/14 * W'/14
+    patches, `video_grid_thw` (1, 3) int64 and `second_per_grid_ts` (1,) float32 = temporal_patch_size / sampled_fps,
+    the seconds one temporal patch spans, which Qwen2.5-VL's M-RoPE uses to place video tokens in absolute time.
 
     The processor makes several float copies of what it is given (resized, rescaled and normalised, patched):
     at 2,048 frames that transient is the peak of an RL step (the research log's phase-peak study). So it runs

@@ -8,6 +8,7 @@ from transformers import AutoProcessor
 
 import evaluate as ev
 import evaluation
+import rollout
 from minirl import synth
 from minirl.data import load_jsonl
 from minirl.model import load_model
@@ -71,6 +72,21 @@ def test_evaluate_is_importable_and_matches_the_cli(bench, tiny_dir, cli_run):
     assert table == cli_table
     assert lmms == ev.lmms_metrics([json.loads(x) for x in cli_run[1].read_text().splitlines()])
     assert "Overall" in evaluation.format_table(table) and "Temporal" in evaluation.format_table(table)
+
+
+def test_cli_compile_reaches_the_sampler(bench, tiny_dir, cli_run, tmp_path, monkeypatch):
+    """--compile decodes with the sampler's static step: the CLI's table. The step runs uncompiled here (its compiled
+    equality is tests/test_static_decode.py's), so this checks the flag's path, not torch.compile."""
+    flags = []
+
+    def static_sample(*args, compile=False, **kwargs):
+        flags.append(compile)
+        return rollout.sample(*args, static=compile, **kwargs)
+
+    monkeypatch.setattr(evaluation, "sample", static_sample)
+    table = ev.main(["--model", str(tiny_dir), "--data", str(bench), "--out", str(tmp_path / "pred.jsonl"), "--compile",
+                     *ARGS])
+    assert flags == [True] * 3 and table == cli_run[0]  # 8 questions in batches of 3
 
 
 def test_predictions_never_overwritten(bench, tiny_dir, cli_run, tmp_path, monkeypatch):
