@@ -33,8 +33,9 @@ Design decisions and simplifications:
 - The bookkeeping (`DecodeState`: which row is which sample, positions, lengths, stop reasons) is plain CPU
   tensors and lists; the caches live on the model's device. Nothing here is CUDA-only.
 - `sample(compile=True)` decodes with a second step, `StaticDecode` (end of this file): the same arithmetic
-  on padded, never-compacted caches, so its shapes never change and torch.compile captures it as one graph
-  (on CUDA, one CUDA-graph replay per step). The same samples; the eager step above stays the reference.
+  on padded, never-compacted caches, so its shapes never change within a rollout and torch.compile captures it
+  as one graph, whatever the prompt lengths (on CUDA, one CUDA-graph replay per step). The same samples; the
+  eager step above stays the reference.
 """
 
 import math
@@ -395,7 +396,7 @@ def kv_waves(prompt_tokens: list[int], n: int, response: int, bytes_per_token: i
 
 # ----------------------------------------------------------------------------- static decode (compiled)
 
-PAD_MULTIPLE = 256  # the padded prompt length is a multiple of this: nearby lengths share one compiled graph
+PAD_MULTIPLE = 256  # the padded prompt length is a multiple of this: on CUDA, nearby lengths share one graph
 
 
 class StaticDecode:
@@ -433,8 +434,14 @@ class StaticDecode:
         if compile:
             for t in self.prompt_k + self.prompt_v + self.response_k + self.response_v:
                 torch._dynamo.mark_static_address(t)  # a CUDA graph updates them in place, never copies them in
+            # Prompt lengths differ from rollout to rollout: compile one graph for any length L, not one per
+            # length (past torch's recompile limit, 8, a fullgraph compile fails). Any other size that changes
+            # (prompts per wave, n, max_new_tokens) becomes symbolic at its first change (dynamic=None).
+            for t in self.prompt_k + self.prompt_v:
+                torch._dynamo.mark_dynamic(t, 2)
+            torch._dynamo.mark_dynamic(self.prompt_bias, 3)
             self.forward_fn = torch.compile(self.forward, mode="reduce-overhead" if self.cuda_graph else None,
-                                            fullgraph=True, dynamic=False)
+                                            fullgraph=True, dynamic=None)
 
     def prompt_cache(self, p: int) -> PromptCache:
         """Prompt p's row of the padded caches, (Hkv, L_p, D) views per layer, for `prefill` to write into."""

@@ -108,6 +108,26 @@ def test_compiled_step_equals_eager_on_cpu(model, prompts):
     assert counters["stats"]["unique_graphs"] == graphs + 1
 
 
+def test_compiled_step_one_graph_for_every_prompt_length(model):
+    """Rollouts whose prompts pad to 9 different lengths, past torch's recompile limit (8): one graph serves
+    them all; more prompts per wave compile once more."""
+    params = SamplingParams(n=2, max_new_tokens=3, temperature=1.0, seed=2)
+    gen = torch.Generator().manual_seed(0)
+
+    def prompt(length):
+        embeds = torch.randn(1, length, model.config.hidden_size, generator=gen) * 0.02
+        return embeds, torch.arange(length).view(1, 1, length).expand(3, 1, length)
+
+    graphs = counters["stats"]["unique_graphs"]
+    for k in range(9):
+        prompts = [prompt(PAD_MULTIPLE * k + 90), prompt(PAD_MULTIPLE * k + 30)]
+        assert_same_samples(sample(model, prompts, params, compile=True), sample(model, prompts, params))
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+    prompts = [prompt(300), prompt(280), prompt(20)]
+    assert_same_samples(sample(model, prompts, params, compile=True), sample(model, prompts, params))
+    assert counters["stats"]["unique_graphs"] == graphs + 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: CUDA graphs (mode='reduce-overhead')")
 def test_compiled_step_equals_eager_on_cuda(tiny_dir, mp4_path):
     """fp32 with TF32 off: the CUDA-graph replays give the eager sampler's greedy and seeded tokens, also in a
