@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from evaluation import evaluate_run
 from minirl import config
-from minirl.data import IGNORE_INDEX, global_indices, sft_example, split_sft_item
+from minirl.data import IGNORE_INDEX, frame_mix, global_indices, sft_example, split_sft_item
 from minirl.distributed import all_reduce_sum, backward, count_skipped, optimizer_step
 from minirl.model import rope_index
 from minirl.packing import build_micro_batch
@@ -47,19 +47,20 @@ def main(argv):
                          f"{cfg.parallel.sp})")
     model, sp_group = run.model, run.sp_group
     frame_cache = FrameCache(cfg.data.frame_cache_mb)
+    samplings = frame_mix(cfg.data)
     skipped_in_a_row = run.state.get("skipped_in_a_row", 0)
 
     per_group = cfg.optim.batch_size // dp
     for step in tqdm(range(run.step, cfg.optim.steps), desc="sft", disable=run.rank != 0):
         times = {}  # seconds: decode (decord + processor), encode (stage 1), update (forward, backward, step)
         with timed(times, "step"):
-            indices = global_indices(len(run.train), cfg.run.seed, step * cfg.optim.batch_size, cfg.optim.batch_size)
-            ours = indices[dp_rank * per_group:(dp_rank + 1) * per_group]  # this SP group's sequences
+            first = step * cfg.optim.batch_size + dp_rank * per_group  # stream position of this group's first
+            indices = global_indices(len(run.train), cfg.run.seed, first, per_group)  # this SP group's sequences
             items = []
             with timed(times, "decode"):
-                for i in ours:
+                for position, i in enumerate(indices, first):
                     try:
-                        items.append(sft_example(run.train[i], run.processor, run.sampling,
+                        items.append(sft_example(run.train[i], run.processor, samplings[position % len(samplings)],
                                                  cfg.data.max_prompt_tokens, frame_cache))
                     except Exception as err:  # name the file and the step, then stop (see data.bad_videos)
                         raise RuntimeError(f"step {step}: example {run.train[i].id} ({run.train[i].video}): "

@@ -128,6 +128,7 @@ class DataConfig:
     test: str = ""
     video_dir: str = ""  # relative video paths resolve against this ('' = the jsonl's folder)
     frames: int = 16  # frames sampled uniformly per video (0: use fps)
+    frames_mix: str = ""  # SFT: comma-separated frame counts (e.g. 32,64) taken in turn instead of `frames`
     fps: float = 0.0  # frames per second of video, capped by max_frames (used when frames = 0)
     max_frames: int = 768
     max_pixels: int = 0  # per-frame pixel budget (0: the processor's own)

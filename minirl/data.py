@@ -261,10 +261,27 @@ def split_sft_item(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------- datasets and the data stream
 
 
-def frame_sampling(data_cfg) -> FrameSampling:
-    """The FrameSampling a DataConfig asks for."""
-    return FrameSampling(num_frames=data_cfg.frames or None, fps=None if data_cfg.frames else data_cfg.fps,
+def frame_sampling(data_cfg, frames: int | None = None) -> FrameSampling:
+    """The FrameSampling a DataConfig asks for (`frames` overrides data.frames)."""
+    frames = data_cfg.frames if frames is None else frames
+    return FrameSampling(num_frames=frames or None, fps=None if frames else data_cfg.fps,
                          max_frames=data_cfg.max_frames, max_pixels=data_cfg.max_pixels or None)
+
+
+def frame_mix(data_cfg) -> list[FrameSampling]:
+    """One FrameSampling per count of data.frames_mix, or just data.frames'. SFT takes them in turn by stream
+    position, so one model learns to read every count it will be evaluated at (a chain of thought learned at
+    32 frames only does not close at 64)."""
+    if not data_cfg.frames_mix:
+        return [frame_sampling(data_cfg)]
+    try:
+        counts = [int(c) for c in data_cfg.frames_mix.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ValueError(f"data.frames_mix={data_cfg.frames_mix!r}: give positive frame counts separated by "
+                         "commas, e.g. --data.frames_mix 32,64")
+    return [frame_sampling(data_cfg, n) for n in counts]
 
 
 def load_dataset(path, video_dir, bad_videos: str = "error") -> list[Example]:

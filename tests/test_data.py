@@ -8,6 +8,7 @@ import torch
 from transformers import AutoProcessor
 
 from minirl import synth
+from minirl.config import DataConfig
 from minirl.data import (
     IGNORE_INDEX,
     VIDEO_PAD,
@@ -15,6 +16,7 @@ from minirl.data import (
     PromptTooLong,
     build_prompt,
     encode_prompt,
+    frame_mix,
     load_jsonl,
     rl_example,
     sft_example,
@@ -125,6 +127,18 @@ def test_sft_example(bench, processor):
     assert processor.tokenizer.decode(ids[:start]).endswith("<|im_start|>assistant\n")
     assert item["num_frames"] == 16 and not item["frames_reduced"]
     assert item["second_per_grid_ts"].tolist() == pytest.approx([2 / (16 / 8)])  # 16 frames of an 8 s video
+
+
+def test_frame_mix_reads_each_count_in_turn(bench, processor):
+    """data.frames_mix gives one sampling per count, and an example read with each has that many frames."""
+    assert frame_mix(DataConfig(frames=16)) == [FrameSampling(num_frames=16)]
+    mix = frame_mix(DataConfig(frames=16, frames_mix="8,32"))
+    assert [s.num_frames for s in mix] == [8, 32]
+    ex = load_jsonl(bench / "train.jsonl")[1]
+    assert [sft_example(ex, processor, s, 4096)["num_frames"] for s in mix] == [8, 32]
+    for bad in ("32,", "x", "0,8"):
+        with pytest.raises(ValueError, match="frames_mix"):
+            frame_mix(DataConfig(frames_mix=bad))
 
 
 def test_cached_sft_example_equals_a_fresh_one_and_never_reopens_the_file(tmp_path, bench, processor):
