@@ -40,6 +40,7 @@ class SFTConfig:
 
 def main(argv):
     cfg = config.parse(SFTConfig, argv)
+    samplings = frame_mix(cfg.data)  # before start_run: a bad data.frames_mix fails before the model loads
     run = start_run(cfg)
     dp, dp_rank = run.mesh["dp"].size(), run.mesh["dp"].get_local_rank()
     if cfg.optim.batch_size % dp:
@@ -47,7 +48,6 @@ def main(argv):
                          f"{cfg.parallel.sp})")
     model, sp_group = run.model, run.sp_group
     frame_cache = FrameCache(cfg.data.frame_cache_mb)
-    samplings = frame_mix(cfg.data)
     skipped_in_a_row = run.state.get("skipped_in_a_row", 0)
 
     per_group = cfg.optim.batch_size // dp

@@ -274,14 +274,11 @@ def frame_mix(data_cfg) -> list[FrameSampling]:
     32 frames only does not close at 64)."""
     if not data_cfg.frames_mix:
         return [frame_sampling(data_cfg)]
-    try:
-        counts = [int(c) for c in data_cfg.frames_mix.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
+    counts = [c.strip() for c in data_cfg.frames_mix.split(",")]
+    if not all(c.isdigit() and int(c) > 0 for c in counts):
         raise ValueError(f"data.frames_mix={data_cfg.frames_mix!r}: give positive frame counts separated by "
                          "commas, e.g. --data.frames_mix 32,64")
-    return [frame_sampling(data_cfg, n) for n in counts]
+    return [frame_sampling(data_cfg, int(c)) for c in counts]
 
 
 def load_dataset(path, video_dir, bad_videos: str = "error") -> list[Example]:
