@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from minirl import reasoning
+
 ROOT = Path(__file__).resolve().parent
 BASE = ROOT / "models" / "base"
 
@@ -41,7 +43,6 @@ RECIPE = dict(
     eval_max_new_tokens=64,
     base_eval_examples=100,
 )
-REASONING_NEW_TOKENS = 112  # the reasoning tier's chain of thought: a numbered caption of up to 4 events, a derivation
 QUICK = dict(
     synth=dict(train=24, test=8, frames=64, size=56, per_video=4),
     frames=8,
@@ -164,8 +165,8 @@ def main():
     start = time.time()
     recipe = QUICK if args.quick else RECIPE
     if args.benchmark == "reasoning" and not args.quick:
-        recipe = {**recipe, "eval_max_new_tokens": REASONING_NEW_TOKENS,
-                  "rl": {**recipe["rl"], "max_new_tokens": REASONING_NEW_TOKENS}}
+        recipe = {**recipe, "eval_max_new_tokens": reasoning.NEW_TOKENS,
+                  "rl": {**recipe["rl"], "max_new_tokens": reasoning.NEW_TOKENS}}
     data, base, py = out / "data", Path(args.base).resolve(), sys.executable
 
     if not (data / "test.jsonl").exists():

@@ -15,12 +15,15 @@ composition over it:
 Its videos hold 3-4 events (EVENTS) of distinct colours, so a question names a shape by its colour ("the red
 shape"), each event on screen in one of the `seen_at` uniformly sampled frames (32, the frames the demo trains
 with; minirl/synth.py draws them), so that many frames show the whole script and fewer miss some of it. The
-chain of thought is the perception base's caption of those frames with each event numbered ("(1) the red
-square at the top-left, (2) ... 3 in total."), a derivation over the numbers ("The red one is (1); after it is
-(2), the blue circle.", "The red one is (2) of 3; after it 3-2=1."), and "So the answer is X."; it is never
-timed, and with its tags fits in the 112 new tokens the demo samples on this tier (tests/test_synth.py
-measures it with models/base's tokenizer). The base reads a video this short almost without fault; each step
-of the derivation is one lookup or one subtraction, and it is where samples differ.
+chain of thought is the perception base's caption of those frames with each event numbered, each item checked
+against the colour(s) the question names ("(1) the red square at the top-left, red is blue? no; (2) ...
+3 in total."), a derivation over the numbers ("The blue one is (2); after it is (3), the green circle.", "The
+blue one is (2) of 3; after it 3-2=1."), and "So the answer is X."; it is never timed, and with its tags fits
+in NEW_TOKENS (tests/test_synth.py measures it with models/base's tokenizer). The checks make finding the
+named shape one comparison of two neighbouring words per item, where a lookup by content ("the blue one is
+(2)") across the whole caption is what a tiny model gets wrong (docs/research-log.md). The base reads a video
+this short almost without fault; each step of the derivation is one check, lookup or subtraction, and it is
+where samples differ.
 
 Every template has exactly one answer on every video: it picks its subject and side among those where the
 answer exists. A same-quadrant question is left out: a quadrant may hold no other shape or several, and the
@@ -35,6 +38,7 @@ colour and quadrant): synth imports this module, so nothing here imports synth.
 import random
 
 EVENTS = (3, 4)  # inclusive range of events per video, each of its own colour
+NEW_TOKENS = 152  # the longest chain of thought (4 events, every item checked), with its tags and answer
 SIDES = (("after", 1), ("before", -1))  # a side of a shape in time, and the step to its neighbour there
 
 
@@ -58,15 +62,20 @@ def _pick(events, rng: random.Random, subject: int | None = None, still: bool = 
     return rng.choice(picks)
 
 
-def _caption(events: list[dict]) -> str:
-    """What the sampled frames show, numbered in time order: the first half of every chain of thought.
+def _caption(events: list[dict], named: list[int]) -> str:
+    """What the sampled frames show, numbered in time order, each item checked against the named shapes' colours:
+    the first half of every chain of thought.
 
-    "(1) the red square at the top-left, (2) the blue circle at the top-right moves to the bottom-left. 2 in
-    total.": the perception base's caption (synth.caption: "First the ..., then the ...") with each event's
-    number in place of "First" / "then", so that the derivation can name a shape by its number."""
-    parts = [f"({i + 1}) the {_name(e)} at the {e['pos']}" + (f" moves to the {e['to']}" if e["to"] else "")
-             for i, e in enumerate(events)]
-    return ", ".join(parts) + f". {len(events)} in total."
+    "(1) the red square at the top-left, red is blue? no; (2) the blue circle at the top-right moves to the
+    bottom-left, blue is blue? yes. 2 in total.": the perception base's caption (synth.caption: "First the ...,
+    then the ...") with each event's number in place of "First" / "then", so that the derivation can name a
+    shape by its number. A question that names no colour (the moving shape) gets no checks: ", "-separated."""
+    asked = " or ".join(events[i]["colour"] for i in named)
+    parts = []
+    for i, e in enumerate(events):
+        item = f"({i + 1}) the {_name(e)} at the {e['pos']}" + (f" moves to the {e['to']}" if e["to"] else "")
+        parts.append(f"{item}, {e['colour']} is {asked}? {'yes' if i in named else 'no'}" if named else item)
+    return ("; " if named else ", ").join(parts) + f". {len(events)} in total."
 
 
 def _one(events, i: int) -> str:
@@ -137,9 +146,9 @@ def r_between_count(events, rng):
     k = rng.randrange(len(events) - 1)
     first = rng.randrange(len(events) - 1 - k)
     i, j = rng.sample((first, first + k + 1), 2)
-    found = f"{_found(events, i)}, the {events[j]['colour']} one is ({j + 1})"
+    a, b = sorted((i, j))  # the checks found both; in time order, whichever the question names first
     return (f"How many shapes appeared between {_one(events, i)} and {_one(events, j)}?", str(k),
-            f"{found}; between them {max(i, j) + 1}-{min(i, j) + 1}-1={k}.",
+            f"They are ({a + 1}) and ({b + 1}); between them {b + 1}-{a + 1}-1={k}.",
             dict(kind="between_count", subjects=[i, j]))
 
 
@@ -174,5 +183,7 @@ def make_question(events: list[dict], category: str, slot: int, rng: random.Rand
     that a uniform guess over the template's answers is right."""
     problem, answer, derivation, task = TEMPLATES[category][slot](events, rng)
     task["guess_rate"] = 1 / len(answer_space(task, events, spaces))
-    return dict(problem=problem, answer=answer, reasoning=f"{_caption(events)} {derivation} So the answer is {answer}.",
+    named = [] if task["kind"].startswith("mover") else task.get("subjects", [task.get("subject")])
+    return dict(problem=problem, answer=answer,
+                reasoning=f"{_caption(events, named)} {derivation} So the answer is {answer}.",
                 category=category, task=task)

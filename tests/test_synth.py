@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from minirl import oracle, synth
+from minirl.reasoning import NEW_TOKENS
 from minirl.video import uniform_indices
 
 SMALL = dict(train=12, test=8, frames=64, size=28, fps=8, per_video=4)
@@ -275,6 +276,24 @@ def test_reasoning_answers_are_unique_and_follow_from_the_events(open_rows):
             assert answer == str(i if task["side"] == "before" else len(events) - 1 - i)
 
 
+def test_reasoning_checks_every_item_against_the_named_colours(open_rows):
+    """The caption checks each item against the colour(s) the question names, "yes" exactly at those shapes, in
+    the order the question names them; a question about the moving shape names no colour and gets no checks."""
+    for row in open_rows:
+        events, task = row["events"], row["task"]
+        caption = row["reasoning"].split(f". {len(events)} in total. ")[0]
+        if task["kind"].startswith("mover"):
+            assert "?" not in caption and caption.count(", (") == len(events) - 1
+            continue
+        named = task.get("subjects", [task.get("subject")])
+        asked = " or ".join(events[i]["colour"] for i in named)
+        items = caption.split("; ")
+        assert len(items) == len(events)
+        for k, (item, event) in enumerate(zip(items, events, strict=True)):
+            assert item.startswith(f"({k + 1}) the {synth.name(event)} at the {event['pos']}")
+            assert item.endswith(f", {event['colour']} is {asked}? {'yes' if k in named else 'no'}"), item
+
+
 def test_reasoning_videos_show_every_event_at_32_frames_and_not_at_8(open_rows):
     """3-4 events, each on screen in one of the 32 sampled frames the chain of thought captions; at 8 frames
     most videos hide some."""
@@ -334,7 +353,7 @@ def test_reasoning_guess_rates_are_one_over_the_answers_the_generator_gives(open
                      "side_count": {str(k) for k in range(4)}, "between_count": {str(k) for k in range(3)}}
 
 
-def test_reasoning_fits_in_112_new_tokens(open_rows):
+def test_reasoning_fits_in_its_new_tokens(open_rows):
     """The whole SFT target (chain of thought, tags, answer, stop token) in the base model's tokenizer."""
     from transformers import AutoTokenizer
 
@@ -345,7 +364,7 @@ def test_reasoning_fits_in_112_new_tokens(open_rows):
     assert len(longest["events"]) == 4
     lengths = [len(tokenizer(build_target(r["reasoning"], r["answer"]), add_special_tokens=False)["input_ids"])
                for r in open_rows]
-    assert max(lengths) <= 112
+    assert max(lengths) <= NEW_TOKENS
 
 
 def test_open_oracle_never_rules_out_the_truth_and_is_exact_with_all_frames(open_rows):
