@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	$(PY) demo.py --out $(RUN)
 
-# Rebuilds the shipped perception base models/base (about 90 minutes on 2 cores; see pretrain_base.py BASE_RECIPE).
+# Rebuilds the shipped perception base models/base (about 2.5 hours on 2 cores; see pretrain_base.py BASE_RECIPE).
 base: $(VENV)/.installed
 	$(PY) pretrain_base.py --out models/base --work runs/base
 

@@ -2,10 +2,11 @@
 
     python pretrain_base.py --out models/base [--work runs/base] [--quick]
 
-About 90 minutes on a 2-core CPU (`--quick`: two steps of every command, a smoke test of the
+About 2.5 hours on a 2-core CPU (`--quick`: two steps of every command, a smoke test of the
 plumbing, in about a minute). SFT and RL teach a model to reason about what it sees; they cannot
 teach it to see, so the demo starts, as a real user would, from a model pretrained to perceive:
-one that captions the synthetic videos (what, where, when). The recipe (BASE_RECIPE) has two parts:
+one that captions the synthetic videos (what, where, when) and keeps the few language skills a
+derivation over a caption needs. The recipe (BASE_RECIPE) has three parts:
 
 1. train_sft.py teaches a random tiny Qwen2.5-VL (`rope_theta` 3, vision tower trained) to caption
    dense videos written by minirl/synth.py, in stages of falling lr.
@@ -13,6 +14,14 @@ one that captions the synthetic videos (what, where, when). The recipe (BASE_REC
    (no mp4 round trip) so a stage is fast, and each stage reports teacher-forced accuracy per kind
    of caption word (colour, shape, row, column, count) on held-out videos, with the real video and
    with every video swapped for another's (the ablation: what the model reads from the video).
+3. Language stages: the same captioning with the language model started afresh (vision tower and
+   merger kept) and text-only skill rows in every step (`--fresh-language`, `--skills`). A language
+   model trained on captions alone loses the plasticity to learn that two neighbouring colour words
+   are equal, which every check of the reasoning tier's chain is; a fresh one taught these skills
+   beside the captions keeps them (docs/research-log.md, 2026-12-04).
+
+models/base is this recipe's result as the studies ran it; their language stages drew their videos
+from other random streams, so a rebuild gives a base with the same skills, not the same weights.
 
 No benchmark question is ever a training target. Every step is a command printed before it runs,
 its output kept in WORK/logs; a step whose result exists is skipped, so an interrupted run resumes.
@@ -48,6 +57,9 @@ from minirl.video import process_video, uniform_indices
 #    then `spatial_merge_size` 4 (a 56-px frame is one token, so where a shape is becomes the token's
 #    content); then longer, then on new videos; then with 30% of the prompts asking where one named
 #    event is (grounding: read the event a prompt names).
+# 3. The language stages: that captioning, the language model afresh with 16 skill rows a step at weight 0.5,
+#    continued on new videos; then 32 skill rows at weight 1.0 until every skill passes.
+LANGUAGE = dict(grounding=0.3, sparse_fraction=0.6)
 BASE_RECIPE = dict(
     synth=dict(train=2000, test=100, frames=128, size=56, captions=32),
     rope_theta=3.0,
@@ -59,7 +71,12 @@ BASE_RECIPE = dict(
                 dict(init_merge=4, sparse_fraction=0.6, train_videos=1500, steps=400),
                 dict(sparse_fraction=0.6, train_videos=1500, steps=1453),
                 dict(sparse_fraction=0.6, train_videos=1500, steps=1500, seed=1),
-                dict(grounding=0.3, sparse_fraction=0.6, train_videos=1500, steps=800, seed=2)],
+                dict(grounding=0.3, sparse_fraction=0.6, train_videos=1500, steps=800, seed=2),
+                dict(**LANGUAGE, fresh_language=True, skills=16, skills_weight=0.5, train_videos=1500, steps=1500,
+                     seed=3),
+                dict(**LANGUAGE, skills=16, skills_weight=0.5, train_videos=3000, steps=2000, seed=4),
+                dict(**LANGUAGE, skills=32, skills_weight=1.0, train_videos=1500, steps=1000, seed=5),
+                dict(**LANGUAGE, skills=32, skills_weight=1.0, train_videos=1500, steps=2000, seed=6)],
 )
 BASE_QUICK = dict(  # the same commands, a few steps each: a smoke test of the recipe's plumbing
     synth=dict(train=16, test=2, frames=64, size=56, captions=16), rope_theta=3.0,
@@ -178,6 +195,75 @@ def evaluate(model, items, ablate: bool) -> dict:
     return {k: round(100 * hits[k] / counts[k], 1) for k in sorted(counts)}
 
 
+def skill_row(rng: random.Random, kind: int | None = None) -> tuple[str, str]:
+    """(prompt, answer) of one text-only skill a derivation over a numbered caption uses: 0 equality of two
+    colours ("red is blue?" -> "no"), 1 lookup by content ("Which is the red one?" -> "(2)"), 2 lookup by
+    number ("What is (2)?"), 3 the neighbour of an item named by content ("What is right after the red one?")."""
+    colours = sorted(synth.COLOURS)
+    items = [(c, rng.choice(synth.SHAPES), rng.choice(synth.QUADRANTS)) for c in rng.sample(colours, rng.randint(3, 4))]
+    listing = ", ".join(f"({i + 1}) the {c} {s} at the {p}" for i, (c, s, p) in enumerate(items))
+    kind = rng.randrange(len(SKILLS)) if kind is None else kind
+    if kind == 0:
+        a, b = rng.choice(colours), rng.choice(colours)
+        if rng.random() < 0.5:
+            b = a
+        return f"{a} is {b}?", "yes" if a == b else "no"
+    k = rng.randrange(len(items))
+    c, s, p = items[k]
+    if kind == 1:
+        return f"{listing}. Which is the {c} one?", f"({k + 1})"
+    if kind == 2:
+        return f"{listing}. What is ({k + 1})?", f"the {c} {s} at the {p}"
+    j = k + 1 if k + 1 < len(items) else k - 1
+    side = "after" if j > k else "before"
+    return f"{listing}. What is right {side} the {c} one?", f"({j + 1}) the {items[j][0]} {items[j][1]}"
+
+
+SKILLS = ("equal", "which", "what", "neighbour")  # skill_row's kinds, in order
+
+
+def skill_loss(model, tokenizer, rows: list[tuple[str, str]]) -> tuple[torch.Tensor, list[bool]]:
+    """Cross-entropy of the answers of text-only rows (one right-padded batch, text positions), and whether each
+    answer is right token for token (teacher forced)."""
+    pairs = [(tokenizer(q)["input_ids"], tokenizer(" " + a)["input_ids"]) for q, a in rows]
+    L = max(len(q) + len(a) for q, a in pairs)
+    ids = torch.zeros(len(rows), L, dtype=torch.long)  # (B, L)
+    mask = torch.zeros(len(rows), L, dtype=torch.bool)  # (B, L): the answer tokens
+    for b, (q, a) in enumerate(pairs):
+        ids[b, :len(q) + len(a)] = torch.tensor(q + a)
+        mask[b, len(q):len(q) + len(a)] = True
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    logits = model.logits(model(None, torch.arange(L, device=model.device).expand(3, len(rows), L), input_ids=ids))
+    target = mask[:, 1:]  # (B, L-1): logits at t predict token t+1
+    loss = F.cross_entropy(logits[:, :-1][target], ids[:, 1:][target])
+    wrong = (logits[:, :-1].argmax(-1) != ids[:, 1:]) & target  # (B, L-1)
+    return loss, (~wrong.any(1)).tolist()
+
+
+def skill_accuracy(model, tokenizer, n: int) -> dict:
+    """Exact-answer accuracy (%) of each skill on n held-out rows (teacher forced)."""
+    rng, out = random.Random("skills/test"), {}
+    model.eval()
+    with torch.no_grad():
+        for kind, name in enumerate(SKILLS):
+            _, right = skill_loss(model, tokenizer, [skill_row(rng, kind) for _ in range(n)])
+            out[name] = round(100 * sum(right) / n, 1)
+    model.train()
+    return out
+
+
+def with_fresh_language(checkpoint, dest: Path) -> Path:
+    """A copy of `checkpoint` at `dest` whose language model (embeddings, decoder, head) starts afresh; the vision
+    tower and its merger are kept."""
+    old = load_model(checkpoint)
+    model = QwenVL(AutoConfig.from_pretrained(checkpoint))
+    fresh = model.state_dict()
+    model.load_state_dict({k: v if k.startswith("visual.") else fresh[k] for k, v in old.state_dict().items()})
+    save_pretrained(model, dest)
+    AutoProcessor.from_pretrained(checkpoint).save_pretrained(dest)
+    return dest
+
+
 def with_rope(checkpoint, theta: float, dest: Path) -> Path:
     """A copy of `checkpoint` at `dest` with this rope_theta (weights unchanged)."""
     shutil.copytree(checkpoint, dest)
@@ -213,7 +299,8 @@ def caption_stage(args):
 
     Vision tower trained; AdamW, linear warm-up then linear decay to a tenth of the lr, gradients
     clipped at 1. Held-out reports every EVAL_EVERY steps and at the end (to `args.json`): captions
-    of dense and sparse videos apart when the training mixes them, grounding apart from captions.
+    of dense and sparse videos apart when the training mixes them, grounding apart from captions,
+    and with `args.skills` text-only skill rows in every step, each skill's accuracy.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)  # before the model is built: with_merge draws the new merger from it
@@ -224,6 +311,8 @@ def caption_stage(args):
             checkpoint = with_rope(checkpoint, args.init_theta, Path(tmp) / "rope")
         if args.init_merge:
             checkpoint = with_merge(checkpoint, args.init_merge, Path(tmp) / "merge")
+        if args.fresh_language:
+            checkpoint = with_fresh_language(checkpoint, Path(tmp) / "language")
         model, processor = load_model(checkpoint, device=device), AutoProcessor.from_pretrained(checkpoint)
     model.train()
     model.visual.requires_grad_(True)
@@ -242,6 +331,7 @@ def caption_stage(args):
         tests[tag] = [make_item(test_rng, processor, **kw) for _ in range(args.test_videos)]
     rng = random.Random(f"study/{args.seed}")
     train = [make_item(rng, processor, **item_kw) for _ in range(args.train_videos)]
+    skill_rng = random.Random(f"skills/{args.seed}")
     print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -253,6 +343,8 @@ def caption_stage(args):
                    minutes=round((time.perf_counter() - t0) / 60, 1))
         for tag, test in tests.items():
             row[f"{tag}video"], row[f"{tag}ablated"] = evaluate(model, test, False), evaluate(model, test, True)
+        if args.skills:
+            row["skills"] = skill_accuracy(model, processor.tokenizer, 4 * args.test_videos)
         history.append(row)
         print(json.dumps(row), flush=True)
 
@@ -262,6 +354,9 @@ def caption_stage(args):
         batch = rng.sample(train, args.batch)
         logits = batch_forward(model, batch)
         loss = F.cross_entropy(torch.cat(logits), torch.cat([it["target"] for it in batch]).to(model.device))
+        if args.skills:
+            rows = [skill_row(skill_rng) for _ in range(args.skills)]
+            loss = loss + args.skills_weight * skill_loss(model, processor.tokenizer, rows)[0]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -332,6 +427,10 @@ def main():
     stage.add_argument("--init-theta", type=float, default=0.0, help="give the checkpoint this rope_theta first")
     stage.add_argument("--init-merge", type=int, default=0,
                        help="give the checkpoint this spatial_merge_size first (a new merger MLP, other weights kept)")
+    stage.add_argument("--fresh-language", action="store_true",
+                       help="start the language model afresh first (vision tower and merger kept)")
+    stage.add_argument("--skills", type=int, default=0, help="text-only skill rows in every step (skill_row)")
+    stage.add_argument("--skills-weight", type=float, default=0.5, help="their loss's weight beside the caption's")
     stage.add_argument("--synth-dense", action="store_true", help="synth.make_events(dense=True) videos")
     stage.add_argument("--sparse-fraction", type=float, default=0.0,
                        help="with --synth-dense: this fraction of the videos are the benchmark's sparse ones")

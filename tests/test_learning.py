@@ -9,14 +9,18 @@ that does not see the video cannot beat chance on a question only the video answ
 
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from minirl import synth
 from minirl.model import load_model
 from minirl.tiny import build_tiny_model, default_corpus
-from pretrain_base import BASE_RECIPE
+from pretrain_base import BASE_RECIPE, SKILLS, skill_accuracy, skill_row
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -41,8 +45,9 @@ BASE = ROOT / "models" / "base"
 
 
 def test_base_recipe_runs_end_to_end(tmp_path):
-    """`make base`'s every command, two steps each (`pretrain_base.py --quick`): the result loads, and
-    has the shipped base's layout (theta 1e4, one token per 56 x 56 frame, same processor)."""
+    """`make base`'s every command, two steps each (`pretrain_base.py --quick`): the result loads, has the
+    shipped base's layout (theta 1e4, one token per 56 x 56 frame, same processor), and the language stages
+    report every skill."""
     subprocess.run([sys.executable, str(ROOT / "pretrain_base.py"), "--quick", "--out", str(tmp_path / "base"),
                     "--work", str(tmp_path / "work")], check=True, cwd=ROOT, env=ENV, capture_output=True)
     built, shipped = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "base", BASE))
@@ -52,6 +57,41 @@ def test_base_recipe_runs_end_to_end(tmp_path):
     assert built["text_config"]["hidden_size"] == shipped["text_config"]["hidden_size"]
     assert (tmp_path / "base/processor_config.json").read_text() == (BASE / "processor_config.json").read_text()
     load_model(tmp_path / "base")
+    last = len(BASE_RECIPE["perception"]) - 1
+    assert BASE_RECIPE["perception"][last]["skills"]
+    report = json.loads((tmp_path / f"work/perception{last}.json").read_text())["history"][-1]
+    assert set(report["skills"]) == set(SKILLS)
+
+
+def test_skill_rows_answer_right():
+    """Every skill row's answer follows from its prompt: equality, lookup by content and by number, neighbour."""
+    rng = random.Random(0)
+    for kind, name in enumerate(SKILLS):
+        for _ in range(50):
+            prompt, answer = skill_row(rng, kind)
+            if name == "equal":
+                a, b = prompt.rstrip("?").split(" is ")
+                assert answer == ("yes" if a == b else "no")
+                continue
+            items = re.findall(r"\((\d)\) the (\w+) (\w+) at the ([\w-]+)", prompt)
+            number = {colour: int(k) for k, colour, _, _ in items}
+            if name == "which":
+                colour = re.search(r"Which is the (\w+) one", prompt)[1]
+                assert answer == f"({number[colour]})"
+            elif name == "what":
+                k = int(re.search(r"What is \((\d)\)", prompt)[1])
+                assert answer == "the {1} {2} at the {3}".format(*items[k - 1])
+            else:
+                side, colour = re.search(r"right (after|before) the (\w+) one", prompt).groups()
+                j = number[colour] + (1 if side == "after" else -1)
+                assert answer == "({}) the {} {}".format(*items[j - 1][:3])
+
+
+def test_base_has_the_language_skills_of_a_derivation():
+    """The shipped base answers every skill row right: what SFT builds the reasoning tier's chain from. A base
+    whose language model learned captions alone scores 0 on equality and lookup by content."""
+    model, tokenizer = load_model(BASE), AutoTokenizer.from_pretrained(BASE)
+    assert all(score >= 95 for score in skill_accuracy(model, tokenizer, 64).values())
 
 
 def accuracy(model, data: Path, out: Path, *extra, frames: int = 32) -> float:
