@@ -1,0 +1,15 @@
+#!/bin/bash
+cd /work/main
+PY=.venv/bin/python
+P=runs/r7/probe
+export OMP_NUM_THREADS=1
+acc() { $PY evaluate.py --model $1 --data $P/test_open.jsonl --frames 8 --max-new-tokens 32 --batch-size 20 --out $P/pred-$2.jsonl --json $P/eval-$2.json > $P/eval-$2.log 2>&1; python3 -c "import json;t=json.load(open('$P/eval-$2.json'));print('$2', t['overall']['accuracy'], t['overall']['format_accuracy'])"; }
+K=$1; LR=$2; STEPS=$3; TAG=$4; shift 4
+s=$(date +%s)
+$PY train_rl.py --model.path $P/${SFT:-osft}$K/hf --data.train $P/rl_open.jsonl --data.frames 8 --optim.batch_size 8 --rollout.n 8 --rollout.max_new_tokens 24 --optim.steps $STEPS --optim.lr $LR --run.out $P/orl-$TAG --run.tensorboard false "$@" > $P/orl-$TAG.log 2>&1 || tail -5 $P/orl-$TAG.log
+echo "rl $TAG: $(( $(date +%s) - s )) s"
+acc $P/orl-$TAG/hf orl-$TAG
+python3 -c "
+import json
+m=[json.loads(l) for l in open('$P/orl-$TAG/metrics.jsonl')]
+print([(round(x['reward/accuracy'],2), round(x['reward/format'],2)) for x in m if 'reward/accuracy' in x][::3])"
