@@ -255,13 +255,21 @@ def skill_accuracy(model, tokenizer, n: int) -> dict:
 def with_fresh_language(checkpoint, dest: Path) -> Path:
     """A copy of `checkpoint` at `dest` whose language model (embeddings, decoder, head) starts afresh; the vision
     tower and its merger are kept."""
-    old = load_model(checkpoint)
-    model = QwenVL(AutoConfig.from_pretrained(checkpoint))
-    fresh = model.state_dict()
-    model.load_state_dict({k: v if k.startswith("visual.") else fresh[k] for k, v in old.state_dict().items()})
+    config = AutoConfig.from_pretrained(checkpoint)
+    model = partly_fresh(checkpoint, config, lambda name, old, new: name.startswith("visual."))
     save_pretrained(model, dest)
     AutoProcessor.from_pretrained(checkpoint).save_pretrained(dest)
     return dest
+
+
+def partly_fresh(checkpoint, config, keep) -> QwenVL:
+    """A model of `config` with `checkpoint`'s tensors where keep(name, old, new) holds and new ones elsewhere
+    (drawn from torch's generator after the checkpoint loads)."""
+    old = load_model(checkpoint).state_dict()
+    model = QwenVL(config)
+    new = model.state_dict()
+    model.load_state_dict({k: v if keep(k, v, new[k]) else new[k] for k, v in old.items()})
+    return model
 
 
 def with_rope(checkpoint, theta: float, dest: Path) -> Path:
@@ -281,12 +289,9 @@ def with_merge(checkpoint, merge: int, dest: Path) -> Path:
     from M-RoPE's slow height/width channels. The merger MLP's input grows to hidden * merge^2, so
     it starts afresh; every other tensor (and the processor, but for its merge_size) is kept.
     """
-    old = load_model(checkpoint)
     config = AutoConfig.from_pretrained(checkpoint)
     config.vision_config.spatial_merge_size = merge
-    model = QwenVL(config)
-    fresh = model.state_dict()
-    model.load_state_dict({k: v if v.shape == fresh[k].shape else fresh[k] for k, v in old.state_dict().items()})
+    model = partly_fresh(checkpoint, config, lambda name, old, new: old.shape == new.shape)
     save_pretrained(model, dest)
     processor = AutoProcessor.from_pretrained(checkpoint)
     processor.image_processor.merge_size = processor.video_processor.merge_size = merge
