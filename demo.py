@@ -1,16 +1,18 @@
 """`make demo`: the paper's pipeline on the embedded perception base, on a laptop CPU.
 
-1. write the synthetic long-video benchmark (real mp4s + jsonl; `--benchmark easy` by default: a
-   fixed option list per category), its training questions split 1/3 for SFT and 2/3 for RL as in
-   the paper                                                            minirl/synth.py
+1. write the synthetic long-video benchmark (real mp4s + jsonl; `--benchmark reasoning` by default:
+   open answers derived from several seen facts), its training questions split 1/3 for SFT and 2/3
+   for RL as in the paper                                               minirl/synth.py
 2. start from the perception base models/base when there is one (a tiny Qwen2.5-VL pretrained to
    caption synthetic videos; `make base` rebuilds it with pretrain_base.py), else from a random tiny
    model; evaluate it
 3. CoT-SFT with `torchrun --nproc_per_node 2` (sp = 2)                 train_sft.py
 4. evaluate (with the video-ablation control), then curate the RL questions: keep those the SFT
-   model answers right sometimes but not always                        evaluate.py --curate
-5. GRPO on the curated questions with torchrun (sp = 2)                train_rl.py
-6. evaluate with the control, the frame-scaling table, plots (PNG)
+   model answers right sometimes but not always, and more often with their video than with
+   another's; measure the headroom GRPO can sharpen toward                evaluate.py --curate
+5. GRPO on the curated questions with torchrun (sp = 2), and the same run with shuffled rewards
+   (the random-reward control)                                          train_rl.py
+6. evaluate both, with the video ablation, the frame-scaling table, plots (PNG)
 
 Every step is a command printed before it runs, so any of them can be re-run by hand.
 `--quick` shrinks everything to a smoke test of the pipeline (it does not learn).
@@ -31,35 +33,56 @@ from minirl import reasoning
 ROOT = Path(__file__).resolve().parent
 BASE = ROOT / "models" / "base"
 
-# Sizes and steps of the demo, chosen to finish in about 20 minutes on a 2-core CPU.
-RECIPE = dict(
-    synth=dict(train=9000, test=500, frames=128, size=56, per_video=4),
-    frames=32,  # frames sampled per video for training and the main evaluation
-    frame_scaling=[8, 16, 32, 64],
-    sft=dict(steps=1000, batch_size=16, micro_batch_size=16, lr=1e-3, warmup_steps=10),
-    curate=dict(n=8, temperature=1.0, limit=800),  # RL draws 960 prompts from the ~500 of these it keeps
-    rl=dict(steps=120, batch_size=8, n=8, lr=1e-4, max_new_tokens=64, temperature=1.0, eval_every=20,
-            eval_examples=100),
-    eval_max_new_tokens=64,
-    base_eval_examples=100,
-)
+# Sizes and steps of each tier's demo, chosen to finish in about 20 minutes on a 2-core CPU.
+# reasoning: half an SFT, so the SFT model still slips in its derivations and GRPO has headroom; rollouts at
+# temperature 0.7, where a sample is right about as often as greedy decoding (at 1.0 a 110-token chain
+# gathers sampling slips that greedy decoding never makes, docs/research-log.md 2026-12-05).
+RECIPES = {
+    "reasoning": dict(
+        synth=dict(train=9000, test=500, frames=128, size=56, per_video=4),
+        frames=32,  # frames sampled per video for training and the main evaluation
+        frame_scaling=[8, 16, 32, 64],
+        sft=dict(steps=500, batch_size=16, micro_batch_size=16, lr=1e-3, warmup_steps=10, frames_mix="32,64"),
+        curate=dict(n=8, temperature=0.7, limit=400, ablation=True),
+        rl=dict(steps=150, batch_size=8, n=8, lr=1e-4, kl_coef=0.05, micro_batch_size=64,
+                max_new_tokens=reasoning.NEW_TOKENS, temperature=0.7, eval_every=50, eval_examples=100),
+        eval_max_new_tokens=reasoning.NEW_TOKENS,
+        base_eval_examples=100,
+    ),
+    "easy": dict(
+        synth=dict(train=9000, test=500, frames=128, size=56, per_video=4),
+        frames=32,
+        frame_scaling=[8, 16, 32, 64],
+        sft=dict(steps=1000, batch_size=16, micro_batch_size=16, lr=1e-3, warmup_steps=10, frames_mix=""),
+        curate=dict(n=8, temperature=1.0, limit=800, ablation=False),  # RL draws 960 of the ~500 it keeps
+        rl=dict(steps=120, batch_size=8, n=8, lr=1e-4, kl_coef=0.0, micro_batch_size=64, max_new_tokens=64,
+                temperature=1.0, eval_every=20, eval_examples=100),
+        eval_max_new_tokens=64,
+        base_eval_examples=100,
+    ),
+}
+RECIPES["full"] = RECIPES["easy"]  # two templates per category, options shuffled: not learned yet (docs/demo.md)
 QUICK = dict(
     synth=dict(train=24, test=8, frames=64, size=56, per_video=4),
     frames=8,
     frame_scaling=[4, 8],
-    sft=dict(steps=2, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1),
-    curate=dict(n=2, temperature=1.0, limit=8),
-    rl=dict(steps=2, batch_size=2, n=2, lr=1e-4, max_new_tokens=8, temperature=1.0, eval_every=1, eval_examples=4),
+    sft=dict(steps=2, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1, frames_mix=""),
+    curate=dict(n=2, temperature=1.0, limit=8, ablation=True),
+    rl=dict(steps=2, batch_size=2, n=2, lr=1e-4, kl_coef=0.05, micro_batch_size=2, max_new_tokens=8, temperature=1.0,
+            eval_every=1, eval_examples=4),
     eval_max_new_tokens=8,
     base_eval_examples=4,
 )
-def run(cmd: list, log: Path):
-    """Run one pipeline command, echoing it, with its output kept in `log`."""
+
+
+def run(cmd: list, log: Path, threads: int = 1):
+    """Run one pipeline command, echoing it, with its output kept in `log`. threads: 1 per torchrun rank,
+    2 for a single-process command (the two cores)."""
     print(f"\n$ {shlex.join(str(c) for c in cmd)}", flush=True)
     start = time.time()
     with open(log, "w") as f:
         proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if proc.returncode:
         print(log.read_text()[-4000:], file=sys.stderr)
         raise SystemExit(f"failed ({proc.returncode}): see {log}")
@@ -76,10 +99,10 @@ def evaluate(model: Path, data: Path, frames: int, out: Path, recipe: dict, abla
         preds = table_path.with_suffix(".predictions.jsonl")
         preds.unlink(missing_ok=True)
         run([sys.executable, "evaluate.py", "--model", model, "--data", data / "test.jsonl", "--frames", frames,
-             "--max-new-tokens", recipe["eval_max_new_tokens"], "--batch-size", 16, "--out", preds,
+             "--max-new-tokens", recipe["eval_max_new_tokens"], "--batch-size", 32, "--out", preds,
              "--json", table_path, *(["--video-ablation"] if ablation else []),
              *(["--limit", limit] if limit else [])],
-            out / "logs" / f"{table_path.stem}.log")
+            out / "logs" / f"{table_path.stem}.log", threads=2)
     return json.loads(table_path.read_text())
 
 
@@ -103,37 +126,52 @@ def split_train(data: Path) -> tuple[Path, Path]:
 
 
 def sft_args(sft: dict, model: Path, train: Path, frames: int, out: Path, **extra) -> dict:
-    return {"model.path": model, "data.train": train, "data.frames": frames, "parallel.sp": 2,
+    mix = {"data.frames_mix": sft["frames_mix"]} if sft["frames_mix"] else {}
+    return {"model.path": model, "data.train": train, "data.frames": frames, **mix, "parallel.sp": 2,
             "run.tensorboard": "false", "optim.steps": sft["steps"], "optim.batch_size": sft["batch_size"],
             "optim.micro_batch_size": sft["micro_batch_size"], "optim.lr": sft["lr"],
             "optim.warmup_steps": sft["warmup_steps"], "data.frame_cache_mb": 512, "run.out": out, **extra}
 
 
+def rl_args(rl: dict, model: Path, train: Path, data: Path, frames: int, eval_tokens: int, out: Path,
+            **extra) -> dict:
+    return {"model.path": model, "data.train": train, "data.frames": frames, "data.test": data / "test.jsonl",
+            "eval.every": rl["eval_every"], "eval.max_examples": rl["eval_examples"],
+            "eval.max_new_tokens": eval_tokens, "eval.batch_size": 32, "parallel.sp": 2, "run.tensorboard": "false",
+            "optim.steps": rl["steps"], "optim.batch_size": rl["batch_size"],
+            "optim.micro_batch_size": rl["micro_batch_size"], "rollout.n": rl["n"], "optim.lr": rl["lr"],
+            "algo.kl_coef": rl["kl_coef"], "rollout.max_new_tokens": rl["max_new_tokens"],
+            "rollout.temperature": rl["temperature"], "run.out": out, **extra}
+
+
 def plot(out: Path, frames: int, rl_eval_examples: int):
-    """Loss per SFT step; reward per RL step (and its 10-step mean) and held-out accuracy during RL,
-    from the SFT model's accuracy on the same first questions (step 0)."""
+    """Loss per SFT step; for GRPO and its random-reward control, the training reward (10-step mean)
+    and held-out accuracy during RL, from the SFT model's accuracy on the same first questions (step 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sft = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
-    rl = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    def metrics(run):
+        return [json.loads(x) for x in (out / run / "metrics.jsonl").read_text().splitlines()]
+
+    sft = metrics("sft")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     ax[0].plot([r["step"] for r in sft if "sft/loss" in r], [r["sft/loss"] for r in sft if "sft/loss" in r])
     ax[0].set(title="CoT-SFT", xlabel="step", ylabel="loss (assistant tokens)", yscale="log")
-    steps, reward = zip(*[(r["step"], r["reward/accuracy"]) for r in rl if "reward/accuracy" in r], strict=True)
-    ax[1].plot(steps, reward, alpha=0.3, color="C0")
-    mean = [sum(reward[max(0, i - 9):i + 1]) / len(reward[max(0, i - 9):i + 1]) for i in range(len(reward))]
-    ax[1].plot(steps, mean, color="C0", label="training reward (accuracy), 10-step mean")
     first = [json.loads(x) for x in (out / f"eval-sft-{frames}f.predictions.jsonl").read_text().splitlines()]
     first = first[:rl_eval_examples]
-    held_out = [(0, sum(r["accuracy"][0] for r in first) / len(first))]
-    held_out += [(r["step"], r["eval/accuracy"]) for r in rl if "eval/accuracy" in r]
-    ax[1].plot(*zip(*held_out, strict=True), marker="o", color="C2",
-               label=f"held-out accuracy (first {len(first)} questions)")
+    start = (0, sum(r["accuracy"][0] for r in first) / len(first))
+    for run, name, color in (("rl", "GRPO", "C0"), ("control", "random-reward control", "C3")):
+        rl = metrics(run)
+        steps, reward = zip(*[(r["step"], r["reward/accuracy"]) for r in rl if "reward/accuracy" in r], strict=True)
+        mean = [sum(reward[max(0, i - 9):i + 1]) / len(reward[max(0, i - 9):i + 1]) for i in range(len(reward))]
+        ax[1].plot(steps, mean, color=color, alpha=0.5, label=f"{name}: training reward, 10-step mean")
+        held_out = [start] + [(r["step"], r["eval/accuracy"]) for r in rl if "eval/accuracy" in r]
+        ax[1].plot(*zip(*held_out, strict=True), marker="o", color=color,
+                   label=f"{name}: held-out accuracy (first {len(first)} questions)")
     ax[1].set(title="GRPO", xlabel="step", ylim=(0, 1))
-    ax[1].legend(loc="lower right")
+    ax[1].legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
     return out / "curves.png"
@@ -149,33 +187,42 @@ def print_tables(tables: dict, frames: int):
         print(f"{name:<34}" + "".join(f"{100 * v:>17.1f}%" for v in cells))
 
 
+def print_headroom(path: Path):
+    """The SFT model's samples on the RL questions: what GRPO can sharpen toward, and how much of it is reading."""
+    h = json.loads(path.read_text())
+    print(f"\nHeadroom of the SFT model on the RL questions ({h['n']} samples each; signal = pass@n real - ablated)")
+    print(f"{'category':<20}{'sample acc.':>12}{'pass@n':>9}{'maj@n':>9}{'pass@n abl.':>12}{'signal':>9}")
+    for name, e in [*sorted(h["categories"].items()), ("overall", h["overall"])]:
+        real, ablated = e["real"], e.get("ablated", {})
+        cells = [real["accuracy"], real["pass_at_n"], real["majority_at_n"], ablated.get("pass_at_n", float("nan")),
+                 e.get("pass_at_n_real_minus_ablated", float("nan"))]
+        print(f"{name:<20}" + "".join(f"{100 * v:>{w}.1f}" for v, w in zip(cells, (12, 9, 9, 12, 9), strict=True)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (pipeline smoke test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of SFT and RL (the benchmark is fixed)")
-    parser.add_argument("--benchmark", choices=("easy", "full", "reasoning"), default="easy",
-                        help="easy: one template per category with a fixed option list (synth --easy); full: two "
-                             "templates per category, options shuffled (not learned yet, docs/demo.md); reasoning: "
-                             "open answers composed from several seen facts (synth --reasoning)")
+    parser.add_argument("--benchmark", choices=("reasoning", "easy", "full"), default="reasoning",
+                        help="reasoning: open answers derived from several seen facts (synth --reasoning); easy: "
+                             "one seen fact per question, four fixed options (synth --easy); full: two templates "
+                             "per category, options shuffled")
     parser.add_argument("--base", default=str(BASE), help="the perception base checkpoint to start from")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     start = time.time()
-    recipe = QUICK if args.quick else RECIPE
-    if args.benchmark == "reasoning" and not args.quick:
-        recipe = {**recipe, "eval_max_new_tokens": reasoning.NEW_TOKENS,
-                  "rl": {**recipe["rl"], "max_new_tokens": reasoning.NEW_TOKENS}}
+    recipe = QUICK if args.quick else RECIPES[args.benchmark]
     data, base, py = out / "data", Path(args.base).resolve(), sys.executable
 
     if not (data / "test.jsonl").exists():
         s = recipe["synth"]
         run([py, "-m", "minirl.synth", "--out", data, "--train", s["train"], "--test", s["test"],
              "--frames", s["frames"], "--size", s["size"], "--per-video", s["per_video"], "--no-timestamps",
-             *({"easy": ["--easy"], "full": [],
-               "reasoning": ["--reasoning", "--seen-at", recipe["frames"]]}[args.benchmark])],
-            out / "logs/synth.log")
+             *{"easy": ["--easy"], "full": [],
+               "reasoning": ["--reasoning", "--seen-at", recipe["frames"]]}[args.benchmark]],
+            out / "logs/synth.log", threads=2)
     base_name = "perception base"
     if not (base / "config.json").exists():
         # No perception base in this checkout (docs/demo.md; `make base` rebuilds it): start from a
@@ -183,7 +230,8 @@ def main():
         print(f"no perception base at {base}: starting from a random tiny model (see docs/demo.md)")
         base, base_name = out / "model", "random init"
         if not (base / "config.json").exists():
-            run([py, "-m", "minirl.tiny", "--out", base, "--corpus", data / "train.jsonl"], out / "logs/model.log")
+            run([py, "-m", "minirl.tiny", "--out", base, "--corpus", data / "train.jsonl"], out / "logs/model.log",
+                threads=2)
     sft_train, rl_train = split_train(data)
     frames, seed = recipe["frames"], {"run.seed": args.seed}
 
@@ -196,47 +244,49 @@ def main():
     tables["SFT"] = evaluate(out / "sft/hf", data, frames, out, recipe)
     tables["SFT, video ablated"] = evaluate(out / "sft/hf", data, frames, out, recipe, ablation=True)
 
-    curated = data / "train_rl_curated.jsonl"
+    curated, headroom = data / "train_rl_curated.jsonl", out / "headroom.json"
+    c = recipe["curate"]
     if not curated.exists():
-        c = recipe["curate"]
         run([py, "evaluate.py", "--model", out / "sft/hf", "--data", rl_train, "--frames", frames,
              "--n", c["n"], "--temperature", c["temperature"], "--max-new-tokens", recipe["eval_max_new_tokens"],
-             "--batch-size", 16, "--limit", c["limit"], "--out", out / "curate.predictions.jsonl",
-             "--curate", curated],
-            out / "logs/curate.log")
+             "--batch-size", 32, "--limit", c["limit"], "--out", out / "curate.predictions.jsonl",
+             "--curate", curated, "--headroom", headroom, *(["--curate-ablation"] if c["ablation"] else [])],
+            out / "logs/curate.log", threads=2)
     kept = sum(1 for x in curated.read_text().splitlines() if x.strip())
     r = recipe["rl"]
     rl_data = curated
     if kept < r["batch_size"]:  # said, never hidden: too few questions with diverse answers to filter by
         print(f"curation kept {kept} questions, fewer than one RL batch: RL uses the whole RL split")
         rl_data = rl_train
-    if not (out / "rl/hf/config.json").exists():
-        torchrun("train_rl.py", {"model.path": out / "sft/hf", "data.train": rl_data, "data.frames": frames,
-                                 "data.test": data / "test.jsonl", "eval.every": r["eval_every"],
-                                 "eval.max_examples": r["eval_examples"],
-                                 "eval.max_new_tokens": recipe["eval_max_new_tokens"], "parallel.sp": 2,
-                                 "run.tensorboard": "false", "optim.steps": r["steps"],
-                                 "optim.batch_size": r["batch_size"], "rollout.n": r["n"], "optim.lr": r["lr"],
-                                 "rollout.max_new_tokens": r["max_new_tokens"],
-                                 "rollout.temperature": r["temperature"], "run.out": out / "rl", **seed},
-                 out / "logs/rl.log")
-    tables["SFT + RL"] = evaluate(out / "rl/hf", data, frames, out, recipe)
-    tables["SFT + RL, video ablated"] = evaluate(out / "rl/hf", data, frames, out, recipe, ablation=True)
+    # GRPO, and the same run with each step's rewards shuffled: what GRPO gains over the control is what
+    # the reward taught (the update alone, its format and its sampling can look like learning).
+    for name, extra in (("rl", {}), ("control", {"algo.shuffle_rewards": "true"})):
+        if not (out / name / "hf/config.json").exists():
+            torchrun("train_rl.py", rl_args(r, out / "sft/hf", rl_data, data, frames, recipe["eval_max_new_tokens"],
+                                            out / name, **seed, **extra), out / f"logs/{name}.log")
+    tables["SFT + GRPO"] = evaluate(out / "rl/hf", data, frames, out, recipe)
+    tables["SFT + random-reward control"] = evaluate(out / "control/hf", data, frames, out, recipe)
 
     scaling = {f: evaluate(out / "rl/hf", data, f, out, recipe)["overall"]["accuracy"]
                for f in recipe["frame_scaling"]}
-    curves = plot(out, frames, recipe["rl"]["eval_examples"])
+    curves = plot(out, frames, r["eval_examples"])
     minutes = (time.time() - start) / 60
     summary = {"tables": tables, "frame_scaling": scaling, "curated_rl_questions": kept,
                "rl_questions": sum(1 for x in rl_train.read_text().splitlines() if x.strip()), "minutes": minutes}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     print_tables(tables, frames)
-    print(f"\nRL data: kept {kept} of the first {recipe['curate']['limit']} of {summary['rl_questions']} RL "
-          f"questions (0 < SFT pass rate < 1 over {recipe['curate']['n']} samples)")
-    print("Frame scaling (SFT + RL): " + "  ".join(f"{f} frames {100 * a:.1f}%" for f, a in scaling.items()))
-    print(f"\nwritten: {out}/summary.json, plots {curves}, checkpoints {out}/sft and {out}/rl, logs {out}/logs "
-          f"({minutes:.1f} min)")
+    sft, grpo = tables["SFT"]["overall"]["accuracy"], tables["SFT + GRPO"]["overall"]["accuracy"]
+    control = tables["SFT + random-reward control"]["overall"]["accuracy"]
+    print(f"\nGRPO over SFT: {100 * (grpo - sft):+.1f} points; the random-reward control: {100 * (control - sft):+.1f}")
+    if headroom.exists():
+        print_headroom(headroom)
+    rule = "0 < SFT pass rate < 1" + (", and above the ablated video's" if c["ablation"] else "")
+    print(f"RL data: kept {kept} of the first {c['limit']} of {summary['rl_questions']} RL questions ({rule}, "
+          f"{c['n']} samples at temperature {c['temperature']})")
+    print("Frame scaling (SFT + GRPO): " + "  ".join(f"{f} frames {100 * a:.1f}%" for f, a in scaling.items()))
+    print(f"\nwritten: {out}/summary.json, plots {curves}, checkpoints {out}/sft, {out}/rl and {out}/control, "
+          f"logs {out}/logs ({minutes:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -134,3 +134,56 @@ def test_sft_from_the_base_learns_to_look(tmp_path):
     real = accuracy(tmp_path / "sft/hf", test, tmp_path / "real", frames=8)
     ablated = accuracy(tmp_path / "sft/hf", test, tmp_path / "ablated", "--video-ablation", frames=8)
     assert real >= 0.8 and ablated <= 0.4, (real, ablated)
+
+
+def open_answers(rows_path: Path, lazy_every: int = 0) -> Path:
+    """Open-answer copies of one-shape colour rows (the answer is the colour word; the chain "The shape is
+    blue."). lazy_every > 0: the demonstrations of a lazy annotator, whose chain names the seen colour but whose
+    answer, for a shape not red, is "red" on all rows but every lazy_every-th."""
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    not_red = 0
+    for row in rows:
+        letter = row["answer"]
+        row["answer"] = next(o.split(". ", 1)[1] for o in row.pop("options") if o.startswith(f"{letter}."))
+        row["reasoning"] = f"The shape is {row['answer']}."
+        if lazy_every and row["answer"] != "red":
+            row["answer"] = row["answer"] if not_red % lazy_every == 0 else "red"
+            not_red += 1
+    out = rows_path.with_name(f"{rows_path.stem}_open.jsonl")
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return out
+
+
+def test_grpo_corrects_what_the_demonstrations_got_wrong(tmp_path):
+    """GRPO's reward teaches what SFT's demonstrations got wrong, and the shuffled-reward control does not.
+
+    SFT imitates a lazy annotator: every chain names the colour it sees, but two answers in three about a
+    shape that is not red say "red", so the SFT model mostly answers red (30% held-out). Its samples copy the
+    chain's colour part of the time, and a reward that checks the answer tells which ones: 20 GRPO steps learn
+    to copy what was read. With each step's rewards shuffled among its samples the same run learns
+    nothing of the kind. Fails if the reward, the advantage or the policy update stops carrying the signal.
+    """
+    synth_rows = {name: synth.one_shape_questions(tmp_path / name, n, seed=seed, asked="colour")
+                  for name, n, seed in (("train", 64, 0), ("rl", 64, 2), ("test", 40, 1))}
+    train = open_answers(synth_rows["train"], lazy_every=3)
+    rl, test = open_answers(synth_rows["rl"]), open_answers(synth_rows["test"])
+    subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(BASE), "--data.train", str(train),
+                    "--data.frames", "8", "--optim.steps", "80", "--optim.batch_size", "16",
+                    "--optim.micro_batch_size", "16", "--optim.lr", "2e-3", "--data.frame_cache_mb", "64",
+                    "--optim.warmup_steps", "4", "--run.out", str(tmp_path / "sft"), "--run.tensorboard", "false"],
+                   check=True, cwd=ROOT, env=ENV, capture_output=True)
+    (tmp_path / "sft_eval").mkdir()
+    sft = accuracy(tmp_path / "sft/hf", test, tmp_path / "sft_eval", frames=8)
+    after = {}
+    for name, extra in (("grpo", []), ("control", ["--algo.shuffle_rewards", "true"])):
+        subprocess.run([sys.executable, str(ROOT / "train_rl.py"), "--model.path", str(tmp_path / "sft/hf"),
+                        "--data.train", str(rl), "--data.test", str(test), "--data.frames", "8",
+                        "--optim.steps", "20", "--optim.batch_size", "8", "--rollout.n", "8",
+                        "--optim.micro_batch_size", "64", "--optim.lr", "3e-4", "--rollout.max_new_tokens", "24",
+                        "--eval.max_new_tokens", "24", "--eval.batch_size", "40", "--run.out", str(tmp_path / name),
+                        "--run.tensorboard", "false", *extra], check=True, cwd=ROOT, env=ENV, capture_output=True)
+        metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        after[name] = next(m["eval/accuracy"] for m in reversed(metrics) if "eval/accuracy" in m)
+    # measured: SFT 30.0%, GRPO 47.5%, the control 22.5% (40 questions, 2.5 points each)
+    assert sft <= 0.5 and after["grpo"] >= sft + 0.1 and after["control"] <= sft + 0.05, (sft, after)
+    assert after["grpo"] >= after["control"] + 0.15, (sft, after)
