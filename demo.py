@@ -33,7 +33,7 @@ from minirl import reasoning
 ROOT = Path(__file__).resolve().parent
 BASE = ROOT / "models" / "base"
 
-# Sizes and steps of each tier's demo, chosen to finish in about 20 minutes on a 2-core CPU.
+# Sizes and steps of each tier's demo, chosen to finish in about 20 minutes on a 2-core CPU (22 for reasoning).
 # reasoning: half an SFT, so the SFT model still slips in its derivations and GRPO has headroom; rollouts at
 # temperature 0.7, where a sample is right about as often as greedy decoding (at 1.0 a 110-token chain
 # gathers sampling slips that greedy decoding never makes, docs/research-log.md 2026-12-05).
@@ -126,7 +126,7 @@ def split_train(data: Path) -> tuple[Path, Path]:
 
 
 def sft_args(sft: dict, model: Path, train: Path, frames: int, out: Path, **extra) -> dict:
-    mix = {"data.frames_mix": sft["frames_mix"]} if sft["frames_mix"] else {}
+    mix = {"data.frames_mix": sft["frames_mix"]} if sft.get("frames_mix") else {}
     return {"model.path": model, "data.train": train, "data.frames": frames, **mix, "parallel.sp": 2,
             "run.tensorboard": "false", "optim.steps": sft["steps"], "optim.batch_size": sft["batch_size"],
             "optim.micro_batch_size": sft["micro_batch_size"], "optim.lr": sft["lr"],
