@@ -37,28 +37,28 @@ BASE = ROOT / "models" / "base"
 # reasoning: half an SFT, so the SFT model still slips in its derivations and GRPO has headroom; rollouts at
 # temperature 0.7, where a sample is right about as often as greedy decoding (at 1.0 a 110-token chain
 # gathers sampling slips that greedy decoding never makes, docs/research-log.md 2026-12-05).
+TIER = dict(  # what both tiers share
+    synth=dict(train=9000, test=500, frames=128, size=56, per_video=4),
+    frames=32,  # frames sampled per video for training and the main evaluation
+    frame_scaling=[8, 16, 32, 64],
+    base_eval_examples=100,
+)
 RECIPES = {
     "reasoning": dict(
-        synth=dict(train=9000, test=500, frames=128, size=56, per_video=4),
-        frames=32,  # frames sampled per video for training and the main evaluation
-        frame_scaling=[8, 16, 32, 64],
+        **TIER,
         sft=dict(steps=500, batch_size=16, micro_batch_size=16, lr=1e-3, warmup_steps=10, frames_mix="32,64"),
         curate=dict(n=8, temperature=0.7, limit=400, ablation=True),
         rl=dict(steps=150, batch_size=8, n=8, lr=1e-4, kl_coef=0.05, micro_batch_size=64,
                 max_new_tokens=reasoning.NEW_TOKENS, temperature=0.7, eval_every=50, eval_examples=100),
         eval_max_new_tokens=reasoning.NEW_TOKENS,
-        base_eval_examples=100,
     ),
     "easy": dict(
-        synth=dict(train=9000, test=500, frames=128, size=56, per_video=4),
-        frames=32,
-        frame_scaling=[8, 16, 32, 64],
-        sft=dict(steps=1000, batch_size=16, micro_batch_size=16, lr=1e-3, warmup_steps=10, frames_mix=""),
+        **TIER,
+        sft=dict(steps=1000, batch_size=16, micro_batch_size=16, lr=1e-3, warmup_steps=10),
         curate=dict(n=8, temperature=1.0, limit=800, ablation=False),  # RL draws 960 of the ~500 it keeps
         rl=dict(steps=120, batch_size=8, n=8, lr=1e-4, kl_coef=0.0, micro_batch_size=64, max_new_tokens=64,
                 temperature=1.0, eval_every=20, eval_examples=100),
         eval_max_new_tokens=64,
-        base_eval_examples=100,
     ),
 }
 RECIPES["full"] = RECIPES["easy"]  # two templates per category, options shuffled: not learned yet (docs/demo.md)
@@ -66,7 +66,7 @@ QUICK = dict(
     synth=dict(train=24, test=8, frames=64, size=56, per_video=4),
     frames=8,
     frame_scaling=[4, 8],
-    sft=dict(steps=2, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1, frames_mix=""),
+    sft=dict(steps=2, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1),
     curate=dict(n=2, temperature=1.0, limit=8, ablation=True),
     rl=dict(steps=2, batch_size=2, n=2, lr=1e-4, kl_coef=0.05, micro_batch_size=2, max_new_tokens=8, temperature=1.0,
             eval_every=1, eval_examples=4),
@@ -126,6 +126,7 @@ def split_train(data: Path) -> tuple[Path, Path]:
 
 
 def sft_args(sft: dict, model: Path, train: Path, frames: int, out: Path, **extra) -> dict:
+    """train_sft.py's arguments for a recipe's `sft` (frames_mix optional: one frame count without it)."""
     mix = {"data.frames_mix": sft["frames_mix"]} if sft.get("frames_mix") else {}
     return {"model.path": model, "data.train": train, "data.frames": frames, **mix, "parallel.sp": 2,
             "run.tensorboard": "false", "optim.steps": sft["steps"], "optim.batch_size": sft["batch_size"],

@@ -180,7 +180,7 @@ def test_grpo_corrects_what_the_demonstrations_got_wrong(tmp_path):
                         "--data.train", str(rl), "--data.test", str(test), "--data.frames", "8",
                         "--optim.steps", "20", "--optim.batch_size", "8", "--rollout.n", "8",
                         "--optim.micro_batch_size", "64", "--optim.lr", "3e-4", "--rollout.max_new_tokens", "24",
-                        "--eval.max_new_tokens", "24", "--eval.batch_size", "40", "--run.out", str(tmp_path / name),
+                        "--eval.max_new_tokens", "64", "--eval.batch_size", "40", "--run.out", str(tmp_path / name),
                         "--run.tensorboard", "false", *extra], check=True, cwd=ROOT, env=ENV, capture_output=True)
         metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         after[name] = next(m["eval/accuracy"] for m in reversed(metrics) if "eval/accuracy" in m)
