@@ -102,6 +102,15 @@ def accuracy(model, data: Path, out: Path, *extra, frames: int = 32) -> float:
     return json.loads((out / "table.json").read_text())["overall"]["accuracy"]
 
 
+def sft_from_the_base(train: Path, out: Path):
+    """80 CoT-SFT steps from the shipped base at 8 frames (lr 2e-3, batch 16): the one-shape tests' SFT."""
+    subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(BASE), "--data.train", str(train),
+                    "--data.frames", "8", "--optim.steps", "80", "--optim.batch_size", "16",
+                    "--optim.micro_batch_size", "16", "--optim.lr", "2e-3", "--data.frame_cache_mb", "64",
+                    "--optim.warmup_steps", "4", "--run.out", str(out), "--run.tensorboard", "false"],
+                   check=True, cwd=ROOT, env=ENV, capture_output=True)
+
+
 def test_base_reads_the_video(tmp_path):
     """The shipped base captions unseen dense videos and says how many events they hold (the
     answer evaluate.py scores); with every video swapped for another question's it is near guessing.
@@ -124,11 +133,7 @@ def test_sft_from_the_base_learns_to_look(tmp_path):
     """
     train = synth.one_shape_questions(tmp_path / "train", 64, seed=0, asked="colour")
     test = synth.one_shape_questions(tmp_path / "test", 40, seed=1, asked="colour")
-    cmd = [sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(BASE), "--data.train", str(train),
-           "--data.frames", "8", "--optim.steps", "80", "--optim.batch_size", "16", "--optim.micro_batch_size", "16",
-           "--optim.lr", "2e-3", "--data.frame_cache_mb", "64", "--optim.warmup_steps", "4",
-           "--run.out", str(tmp_path / "sft"), "--run.tensorboard", "false"]
-    subprocess.run(cmd, check=True, cwd=ROOT, env=ENV, capture_output=True)
+    sft_from_the_base(train, tmp_path / "sft")
     for name in ("real", "ablated"):
         (tmp_path / name).mkdir()
     real = accuracy(tmp_path / "sft/hf", test, tmp_path / "real", frames=8)
@@ -167,11 +172,7 @@ def test_grpo_corrects_what_the_demonstrations_got_wrong(tmp_path):
                   for name, n, seed in (("train", 64, 0), ("rl", 64, 2), ("test", 40, 1))}
     train = open_answers(synth_rows["train"], lazy_every=3)
     rl, test = open_answers(synth_rows["rl"]), open_answers(synth_rows["test"])
-    subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--model.path", str(BASE), "--data.train", str(train),
-                    "--data.frames", "8", "--optim.steps", "80", "--optim.batch_size", "16",
-                    "--optim.micro_batch_size", "16", "--optim.lr", "2e-3", "--data.frame_cache_mb", "64",
-                    "--optim.warmup_steps", "4", "--run.out", str(tmp_path / "sft"), "--run.tensorboard", "false"],
-                   check=True, cwd=ROOT, env=ENV, capture_output=True)
+    sft_from_the_base(train, tmp_path / "sft")
     (tmp_path / "sft_eval").mkdir()
     sft = accuracy(tmp_path / "sft/hf", test, tmp_path / "sft_eval", frames=8)
     after = {}
