@@ -78,12 +78,24 @@ BASE_RECIPE = dict(
                 dict(**LANGUAGE, skills=32, skills_weight=1.0, train_videos=1500, steps=1000, seed=5),
                 dict(**LANGUAGE, skills=32, skills_weight=1.0, train_videos=1500, steps=2000, seed=6)],
 )
-BASE_QUICK = dict(  # the same commands, a few steps each: a smoke test of the recipe's plumbing
+
+def distinct_stages(stages: list[dict]) -> list[dict]:
+    """The stages whose flags differ from every earlier stage's in more than their sizes and seed."""
+    seen, kept = [], []
+    for stage in stages:
+        flags = {k: v for k, v in stage.items() if k not in ("steps", "train_videos", "seed")}
+        if flags not in seen:
+            seen.append(flags)
+            kept.append(stage)
+    return kept
+
+
+BASE_QUICK = dict(  # every kind of command, a few steps each: a smoke test of the recipe's plumbing
     synth=dict(train=16, test=2, frames=64, size=56, captions=16), rope_theta=3.0,
     stages=[dict(steps=2, lr=3e-3, warmup_steps=1)], batch_size=4,
     perception_flags={**BASE_RECIPE["perception_flags"], "batch": 4, "test_videos": 4, "train_videos": 8,
                       "warmup": 1},
-    perception=[{**stage, "steps": 2, "train_videos": 8} for stage in BASE_RECIPE["perception"]],
+    perception=[{**stage, "steps": 2, "train_videos": 8} for stage in distinct_stages(BASE_RECIPE["perception"])],
 )
 
 # The videos a captioning stage renders: synth's length, frame size and frame rate of part 1.

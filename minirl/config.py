@@ -144,6 +144,7 @@ class OptimConfig:
     micro_batch_size: int = 2  # sequences per forward, per SP group
     lr: float = 1e-3
     warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # the cosine decays the lr to this fraction of lr at the last step (1: constant)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_skipped_steps: int = 3  # stop after this many NaN/inf optimizer steps in a row (0: never)

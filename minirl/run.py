@@ -65,7 +65,7 @@ def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
     return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=False)
 
 
-def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float):
     """Linear warmup, then cosine decay to min_lr_ratio * lr at total_steps."""
 
     def factor(step):
@@ -142,7 +142,7 @@ def start_run(cfg, reference: bool = False) -> Run:
     if reference:  # sharded like the policy (after it: one full copy loaded at a time), no replica
         ref = shard_model(load_model(cfg.model.path, dtype, device).eval().requires_grad_(False), device, dtype)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.optim.steps)
+    scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.optim.steps, cfg.optim.min_lr_ratio)
     data = cfg.data
     train = load_dataset(data.train, data.video_dir, data.bad_videos)
     test = load_dataset(data.test, data.video_dir, data.bad_videos) if data.test else []

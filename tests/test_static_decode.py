@@ -97,34 +97,25 @@ def test_static_max_new_tokens_one_and_compile_needs_static(model, prompts):
         sample(model, prompts, params, compile=True, static=False)
 
 
-def test_compiled_step_equals_eager_on_cpu(model, prompts):
-    """torch.compile (inductor, fullgraph) of the static step on CPU: a few tokens, one graph for every step, and
-    a second rollout of the same shapes (new buffers) reuses it."""
-    params = SamplingParams(n=2, max_new_tokens=4, temperature=1.0, seed=1)
-    eager = sample(model, prompts[:2], params)
-    graphs = counters["stats"]["unique_graphs"]
-    assert_same_samples(sample(model, prompts[:2], params, compile=True), eager)
-    assert_same_samples(sample(model, prompts[:2], params, compile=True), eager)
-    assert counters["stats"]["unique_graphs"] == graphs + 1
-
-
-def test_compiled_step_one_graph_for_every_prompt_length(model):
-    """Rollouts whose prompts pad to 9 different lengths, past torch's recompile limit (8): one graph serves
-    them all; more prompts per wave compile once more."""
+def test_compiled_step_one_graph_for_every_prompt_length(model, prompts):
+    """torch.compile (inductor, fullgraph) of the static step on CPU gives the eager samples: the video prompts,
+    then rollouts whose prompts pad to 9 other lengths, past torch's recompile limit (8). One graph serves them
+    all (each rollout's new buffers included); more prompts per wave compile once more."""
     params = SamplingParams(n=2, max_new_tokens=3, temperature=1.0, seed=2)
+    graphs = counters["stats"]["unique_graphs"]
+    assert_same_samples(sample(model, prompts[:2], params, compile=True), sample(model, prompts[:2], params))
     gen = torch.Generator().manual_seed(0)
 
     def prompt(length):
         embeds = torch.randn(1, length, model.config.hidden_size, generator=gen) * 0.02
         return embeds, torch.arange(length).view(1, 1, length).expand(3, 1, length)
 
-    graphs = counters["stats"]["unique_graphs"]
     for k in range(9):
-        prompts = [prompt(PAD_MULTIPLE * k + 90), prompt(PAD_MULTIPLE * k + 30)]
-        assert_same_samples(sample(model, prompts, params, compile=True), sample(model, prompts, params))
+        wave = [prompt(PAD_MULTIPLE * k + 90), prompt(PAD_MULTIPLE * k + 30)]
+        assert_same_samples(sample(model, wave, params, compile=True), sample(model, wave, params))
     assert counters["stats"]["unique_graphs"] == graphs + 1
-    prompts = [prompt(300), prompt(280), prompt(20)]
-    assert_same_samples(sample(model, prompts, params, compile=True), sample(model, prompts, params))
+    wave = [prompt(300), prompt(280), prompt(20)]
+    assert_same_samples(sample(model, wave, params, compile=True), sample(model, wave, params))
     assert counters["stats"]["unique_graphs"] == graphs + 2
 
 
