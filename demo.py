@@ -112,21 +112,29 @@ def run_side_by_side(jobs: list[tuple[list, Path]], threads: int = 1):
         time.sleep(0.2)
 
 
-def evaluate(model: Path, data: Path, frames: int, out: Path, recipe: dict, ablation: bool = False,
-             limit: int = 0) -> dict:
-    """The held-out table of `model` at `frames` frames (cached in out/); ablation: wrong videos;
-    limit: only the first `limit` questions."""
-    tag = model.parent.name if model.name == "hf" else model.name
-    table_path = out / f"eval-{tag}-{frames}f{'-ablated' if ablation else ''}.json"
-    if not table_path.exists():
-        preds = table_path.with_suffix(".predictions.jsonl")
-        preds.unlink(missing_ok=True)
-        run([sys.executable, "evaluate.py", "--model", model, "--data", data / "test.jsonl", "--frames", frames,
-             "--max-new-tokens", recipe["eval_max_new_tokens"], "--batch-size", 32, "--out", preds,
-             "--json", table_path, *(["--video-ablation"] if ablation else []),
-             *(["--limit", limit] if limit else [])],
-            out / "logs" / f"{table_path.stem}.log", threads=2)
-    return json.loads(table_path.read_text())
+def evaluate(out: Path, data: Path, recipe: dict, *runs: tuple) -> list[dict]:
+    """The held-out tables of `runs`, each (model, frames, ablation, limit), cached in out/: ablation gives
+    every question another question's video, limit > 0 keeps the first `limit` questions.
+
+    The missing ones run side by side, one core each (one alone gets both): greedy decoding gives the same
+    answers at any thread count, and two single-thread evaluations take 37 s where one after the other
+    at two threads take 63.
+    """
+    jobs, paths = [], []
+    for model, frames, ablation, limit in runs:
+        tag = model.parent.name if model.name == "hf" else model.name
+        table_path = out / f"eval-{tag}-{frames}f{'-ablated' if ablation else ''}.json"
+        paths.append(table_path)
+        if not table_path.exists():
+            preds = table_path.with_suffix(".predictions.jsonl")
+            preds.unlink(missing_ok=True)
+            jobs.append(([sys.executable, "evaluate.py", "--model", model, "--data", data / "test.jsonl",
+                          "--frames", frames, "--max-new-tokens", recipe["eval_max_new_tokens"], "--batch-size", 32,
+                          "--out", preds, "--json", table_path, *(["--video-ablation"] if ablation else []),
+                          *(["--limit", limit] if limit else [])], out / "logs" / f"{table_path.stem}.log"))
+    if jobs:
+        run_side_by_side(jobs, threads=2 if len(jobs) == 1 else 1)
+    return [json.loads(path.read_text()) for path in paths]
 
 
 def flags(args: dict) -> list:
@@ -264,12 +272,12 @@ def main():
 
     # The starting point needs fewer questions: the base never answers (it captions until the token limit)
     n = recipe["base_eval_examples"]
-    tables = {f"{base_name} ({n} questions)": evaluate(base, data, frames, out, recipe, limit=n)}
+    tables = {f"{base_name} ({n} questions)": evaluate(out, data, recipe, (base, frames, False, n))[0]}
     if not (out / "sft/hf/config.json").exists():
         torchrun("train_sft.py", sft_args(recipe["sft"], base, sft_train, frames, out / "sft", **seed),
                  out / "logs/sft.log")
-    tables["SFT"] = evaluate(out / "sft/hf", data, frames, out, recipe)
-    tables["SFT, video ablated"] = evaluate(out / "sft/hf", data, frames, out, recipe, ablation=True)
+    tables["SFT"], tables["SFT, video ablated"] = evaluate(out, data, recipe, (out / "sft/hf", frames, False, 0),
+                                                           (out / "sft/hf", frames, True, 0))
 
     curated, headroom = data / "train_rl_curated.jsonl", out / "headroom.json"
     c = recipe["curate"]
@@ -292,11 +300,13 @@ def main():
             for name, extra in (("rl", {}), ("control", {"algo.shuffle_rewards": "true"}))
             if not (out / name / "hf/config.json").exists()]
     run_side_by_side(jobs)
-    tables["SFT + GRPO"] = evaluate(out / "rl/hf", data, frames, out, recipe)
-    tables["SFT + random-reward control"] = evaluate(out / "control/hf", data, frames, out, recipe)
-
-    scaling = {f: evaluate(out / "rl/hf", data, f, out, recipe)["overall"]["accuracy"]
-               for f in recipe["frame_scaling"]}
+    others = [f for f in recipe["frame_scaling"] if f != frames]
+    rl_table, control_table, *other_tables = evaluate(out, data, recipe, (out / "rl/hf", frames, False, 0),
+                                                      (out / "control/hf", frames, False, 0),
+                                                      *[(out / "rl/hf", f, False, 0) for f in others])
+    tables["SFT + GRPO"], tables["SFT + random-reward control"] = rl_table, control_table
+    by_frames = {frames: rl_table, **dict(zip(others, other_tables, strict=True))}
+    scaling = {f: by_frames[f]["overall"]["accuracy"] for f in recipe["frame_scaling"]}
     curves = plot(out, frames, r["eval_examples"])
     minutes = (time.time() - start) / 60
     summary = {"tables": tables, "frame_scaling": scaling, "curated_rl_questions": kept,
