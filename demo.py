@@ -97,19 +97,21 @@ def run_side_by_side(jobs: list[tuple[list, Path]], threads: int = 1):
             proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                                     env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         pending[proc] = log
-    while pending:
-        for proc, log in list(pending.items()):
-            if proc.poll() is None:
-                continue
-            del pending[proc]
-            if proc.returncode:
-                for other in pending:
-                    other.kill()
-                    other.wait()
-                print(log.read_text()[-4000:], file=sys.stderr)
-                raise SystemExit(f"failed ({proc.returncode}): see {log}")
-            print(f"  done in {time.time() - start:.0f}s (log: {log})", flush=True)
-        time.sleep(0.2)
+    try:
+        while pending:
+            for proc, log in list(pending.items()):
+                if proc.poll() is None:
+                    continue
+                del pending[proc]
+                if proc.returncode:
+                    print(log.read_text()[-4000:], file=sys.stderr)
+                    raise SystemExit(f"failed ({proc.returncode}): see {log}")
+                print(f"  done in {time.time() - start:.0f}s (log: {log})", flush=True)
+            time.sleep(0.2)
+    finally:  # a failed job or an interrupt stops the rest
+        for proc in pending:
+            proc.kill()
+            proc.wait()
 
 
 def evaluate(out: Path, data: Path, recipe: dict, *runs: tuple) -> list[dict]:
@@ -300,13 +302,12 @@ def main():
             for name, extra in (("rl", {}), ("control", {"algo.shuffle_rewards": "true"}))
             if not (out / name / "hf/config.json").exists()]
     run_side_by_side(jobs)
-    others = [f for f in recipe["frame_scaling"] if f != frames]
-    rl_table, control_table, *other_tables = evaluate(out, data, recipe, (out / "rl/hf", frames, False, 0),
-                                                      (out / "control/hf", frames, False, 0),
-                                                      *[(out / "rl/hf", f, False, 0) for f in others])
-    tables["SFT + GRPO"], tables["SFT + random-reward control"] = rl_table, control_table
-    by_frames = {frames: rl_table, **dict(zip(others, other_tables, strict=True))}
-    scaling = {f: by_frames[f]["overall"]["accuracy"] for f in recipe["frame_scaling"]}
+    rl_frames = sorted({frames, *recipe["frame_scaling"]})
+    control_table, *rl_tables = evaluate(out, data, recipe, (out / "control/hf", frames, False, 0),
+                                         *[(out / "rl/hf", f, False, 0) for f in rl_frames])
+    rl_by_frames = dict(zip(rl_frames, rl_tables, strict=True))
+    tables["SFT + GRPO"], tables["SFT + random-reward control"] = rl_by_frames[frames], control_table
+    scaling = {f: rl_by_frames[f]["overall"]["accuracy"] for f in recipe["frame_scaling"]}
     curves = plot(out, frames, r["eval_examples"])
     minutes = (time.time() - start) / 60
     summary = {"tables": tables, "frame_scaling": scaling, "curated_rl_questions": kept,
